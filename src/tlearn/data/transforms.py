@@ -1,0 +1,131 @@
+"""Image -> tensor transforms built from a backbone's Preprocessing, and a loader that skips
+files which cannot be decoded.
+
+A corrupt file among thousands should cost one sample, not the run: `SafeTransformDataset` turns
+the decode error into `None` and `collate_skip_none` drops it from the batch. The training loop
+counts what was dropped (`len(batch indices) - len(returned indices)`, or `batch_size - len(kept)`)
+and names the files through `source.describe(i)` for the report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from PIL import Image
+from torch.utils.data import default_collate
+from torchvision.transforms import InterpolationMode, v2
+
+from tlearn.data.sources import ImageSource
+from tlearn.errors import TlearnError
+from tlearn.preprocessing import Preprocessing
+
+AUGMENTATIONS: tuple[str, ...] = ("none", "flip", "light")
+
+_INTERPOLATION = {
+    "bilinear": InterpolationMode.BILINEAR,
+    "bicubic": InterpolationMode.BICUBIC,
+    "nearest": InterpolationMode.NEAREST,
+}
+
+
+def build_transform(
+    pre: Preprocessing, *, train: bool, augment: str = "none"
+) -> Callable[[Image.Image], torch.Tensor]:
+    """PIL RGB image -> normalised float32 CHW tensor of `pre.input_size` square.
+
+    Evaluation resizes the shorter side to the input size and centre-crops, so small images
+    (CIFAR, MNIST) are not cropped further; augmentation applies to training only.
+    """
+    if augment not in AUGMENTATIONS:
+        raise TlearnError(f"unknown --augment {augment!r}; use one of {', '.join(AUGMENTATIONS)}.")
+    try:
+        interpolation = _INTERPOLATION[pre.interpolation]
+    except KeyError:
+        raise ValueError(f"unsupported interpolation {pre.interpolation!r}") from None
+    size = pre.input_size
+    augment = augment if train else "none"
+    if augment == "light":
+        geometry: list[Any] = [
+            v2.RandomResizedCrop(
+                size, scale=(0.35, 1.0), interpolation=interpolation, antialias=True
+            ),
+            v2.RandomHorizontalFlip(),
+        ]
+    else:
+        geometry = [
+            v2.Resize(size, interpolation=interpolation, antialias=True),
+            v2.CenterCrop(size),
+        ]
+        if augment == "flip":
+            geometry.append(v2.RandomHorizontalFlip())
+    return v2.Compose(
+        [
+            *geometry,
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=list(pre.mean), std=list(pre.std)),
+        ]
+    )
+
+
+class MultiTransform:
+    """Several transforms of one image (fusion: each backbone gets its own preprocessing)."""
+
+    def __init__(self, transforms: Sequence[Callable[[Image.Image], torch.Tensor]]):
+        self.transforms = list(transforms)
+
+    def __call__(self, image: Image.Image) -> tuple[torch.Tensor, ...]:
+        return tuple(t(image) for t in self.transforms)
+
+
+class SafeTransformDataset(torch.utils.data.Dataset):
+    """`(tensor, label, index)` per item, or `None` when the item's file cannot be decoded."""
+
+    def __init__(self, source: ImageSource, transform: Callable[[Image.Image], Any]):
+        self.source = source
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> tuple[Any, int, int] | None:
+        try:
+            image = self.source.load(i)
+        except TlearnError:
+            return None
+        return self.transform(image), int(self.source.targets[i]), int(i)
+
+    def describe(self, i: int) -> str:
+        return self.source.describe(i)
+
+
+def collate_skip_none(batch: list[Any]) -> tuple[Any, torch.Tensor, torch.Tensor] | None:
+    """Stack `(images, labels, indices)` of the decodable items; None if none was decodable.
+
+    Images may be a tuple of tensors per item (MultiTransform); they are stacked per transform.
+    """
+    kept = [item for item in batch if item is not None]
+    if not kept:
+        return None
+    images, labels, indices = default_collate(kept)
+    return images, labels, indices
+
+
+def find_unreadable(source: ImageSource, *, stop_at_first: bool = False) -> list[int]:
+    """Indices of items that cannot be decoded, by decoding each one (for `--strict`).
+
+    In-memory sources are skipped: they were decoded when loaded.
+    """
+    if source.in_memory:
+        return []
+    bad: list[int] = []
+    for i in range(len(source)):
+        try:
+            source.load(i)
+        except TlearnError:
+            bad.append(i)
+            if stop_at_first:
+                break
+    return bad
