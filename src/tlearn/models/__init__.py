@@ -1,0 +1,22 @@
+"""Backbones (registry, weights), heads and the assembled classifier."""
+
+from tlearn.models.backbones import CURATED, Backbone, create_backbone, list_backbones
+from tlearn.models.classifier import Classifier
+from tlearn.models.heads import HEADS, build_head
+from tlearn.models.registry import Resolved, resolve
+from tlearn.models.weights import load_weights, read_state_dict, weights_available
+
+__all__ = [
+    "CURATED",
+    "HEADS",
+    "Backbone",
+    "Classifier",
+    "Resolved",
+    "build_head",
+    "create_backbone",
+    "list_backbones",
+    "load_weights",
+    "read_state_dict",
+    "resolve",
+    "weights_available",
+]
