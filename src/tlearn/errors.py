@@ -6,4 +6,4 @@ and keeps its traceback.
 
 
 class TlearnError(Exception):
-    """A problem with the user's input (path, data, option, model file), with a message saying what to do."""
+    """A problem with the user's input (path, data, option, model file) and what to do."""

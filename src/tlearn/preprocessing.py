@@ -1,4 +1,4 @@
-"""How a backbone wants its input: shared by models (which define it) and data (which applies it)."""
+"""How a backbone wants its input: models define it, data applies it."""
 
 from __future__ import annotations
 

@@ -1,0 +1,13 @@
+"""tlearn: transfer learning for image classification on PyTorch.
+
+import tlearn
+model = tlearn.train("fashion-mnist", strategy="linear-probe", image_size=64)
+model.evaluate("fashion-mnist").accuracy
+model.save("fm.safetensors"); tlearn.load("fm.safetensors").predict(["a.png"])
+"""
+
+from tlearn.api import Model, Prediction, load, train
+from tlearn.errors import TlearnError
+
+__version__ = "0.1.0"
+__all__ = ["Model", "Prediction", "TlearnError", "load", "train", "__version__"]

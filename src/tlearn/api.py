@@ -1,0 +1,156 @@
+"""The public face: `tlearn.train`, `tlearn.load` and the `Model` they return."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tlearn.checkpoint import ModelSpec, read_model_file, save_model
+from tlearn.config import TrainConfig
+from tlearn.errors import TlearnError
+from tlearn.evaluation import Report, compute_report
+from tlearn.models import Classifier, build_head, create_backbone
+from tlearn.models.normalize import NormalizedBackbone
+from tlearn.preprocessing import Preprocessing, model_input
+from tlearn.training.runtime import autocast_factory, pick_device, pick_precision
+
+
+@dataclass
+class Prediction:
+    """Top-k labels of one image, most likely first."""
+
+    path: str
+    labels: list[str]
+    probabilities: list[float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "labels": self.labels, "probabilities": self.probabilities}
+
+
+class Model:
+    """A trained classifier with its class names and preprocessing: evaluate, predict, save."""
+
+    def __init__(self, classifier: Classifier, spec: ModelSpec, run_dir: Path | None = None):
+        self.classifier = classifier.eval()
+        self.spec = spec
+        self.run_dir = run_dir
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.spec.classes)
+
+    @property
+    def input_preprocessing(self) -> Preprocessing:
+        """Resize to this and scale to [0, 1]; the model normalises per backbone itself."""
+        return model_input(self.spec.preprocessing)
+
+    def __repr__(self) -> str:
+        names = "+".join(b["name"] for b in self.spec.backbones)
+        return f"Model({names}, head={self.spec.head['kind']}, classes={len(self.classes)})"
+
+    def evaluate(
+        self,
+        data: str,
+        *,
+        data_root: str | None = None,
+        eval_limit: int | None = None,
+        batch_size: int = 256,
+        device: str = "auto",
+        precision: str = "auto",
+        workers: int | None = None,
+        seed: int = 0,
+    ) -> Report:
+        """Score on data: built-in sets use the official test split, folders their test part."""
+        from tlearn.data import load_eval_source
+        from tlearn.training import loop
+        from tlearn.training.features import image_loader
+
+        source = load_eval_source(
+            data, data_root=data_root, eval_limit=eval_limit, seed=seed, classes=self.classes
+        )
+        dev = pick_device(device)
+        autocast = autocast_factory(dev, pick_precision(dev, precision))
+        cfg = TrainConfig(data=data, batch_size=batch_size, workers=workers)
+        loader = image_loader(source, self.input_preprocessing, cfg, train=False)
+        pred = loop.predict_all(self.classifier.to(dev), loader, dev, autocast, "evaluate")
+        self.classifier.cpu()
+        if len(pred.labels) == 0:
+            raise TlearnError(f"no image of {data} could be decoded: check the files")
+        return compute_report(
+            pred.logits,
+            pred.labels,
+            self.classes,
+            data,
+            skipped=len(source) - len(pred.labels),
+            seconds=pred.seconds,
+        )
+
+    def predict(
+        self, inputs: str | Path | list[str | Path], topk: int = 5, batch_size: int = 64
+    ) -> list[Prediction]:
+        """Top-k labels for image files and folders; files that fail to decode are skipped."""
+        from tlearn.deploy.predict import predict_paths
+
+        paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+        return predict_paths(self, paths, topk=topk, batch_size=batch_size)
+
+    def save(self, path: str | Path) -> Path:
+        return save_model(path, self.classifier, self.spec)
+
+
+def train(data: str | None = None, *, config: str | Path | None = None, **options: Any) -> Model:
+    """Train a classifier; options are those of `tlearn train` (underscores for dashes)."""
+    from tlearn.config import read_config_file
+    from tlearn.training.trainer import fit
+
+    values = read_config_file(config) if config else {}
+    values.update(options)
+    if data is not None:
+        values["data"] = data
+    log = values.pop("log", print)
+    result = fit(TrainConfig.from_dict(values), log=log)
+    return Model(result.model, result.spec, result.run_dir)
+
+
+def load(path: str | Path) -> Model:
+    """Rebuild a model from a run folder or a `.safetensors` model file, with no network."""
+    spec, tensors = read_model_file(path)
+    classifier = build_from_spec(spec)
+    expected = classifier.state_dict()
+    problem = next(
+        (
+            f"tensor {k} is missing" if k not in tensors else f"tensor {k} has the wrong shape"
+            for k in expected
+            if k not in tensors or tensors[k].shape != expected[k].shape
+        ),
+        None,
+    ) or next((f"tensor {k} is unexpected" for k in tensors if k not in expected), None)
+    if problem:
+        raise TlearnError(
+            f"{path} does not match its own description ({problem}): the file was altered or "
+            "written by an incompatible tlearn, use another copy"
+        )
+    classifier.load_state_dict(tensors)
+    run_dir = Path(path) if Path(path).is_dir() else None
+    return Model(classifier, spec, run_dir)
+
+
+def build_from_spec(spec: ModelSpec) -> Classifier:
+    backbones = []
+    for record in spec.backbones:
+        pre = Preprocessing.from_dict(record["preprocessing"])
+        name = record["name"]
+        qualified = name if "/" in name else f"{record['library']}/{name}"
+        backbone = create_backbone(qualified, "none", pre.input_size)
+        backbones.append(NormalizedBackbone(backbone.module, pre))
+    head = build_head(
+        spec.head["kind"],
+        sum(int(b["num_features"]) for b in spec.backbones),
+        len(spec.classes),
+        hidden=tuple(spec.head.get("hidden", (256, 128))),
+        dropout=float(spec.head.get("dropout", 0.5)),
+    )
+    return Classifier(backbones, head).to(memory_format=torch.channels_last).eval()

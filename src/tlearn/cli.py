@@ -1,0 +1,225 @@
+"""The `tlearn` command: argument parsing only; the work happens in `tlearn.api`.
+
+`train`'s flags are generated from `TrainConfig`, so they always match the API and config files.
+A `TlearnError` (something the user can fix) prints one sentence and exits 2; anything else is a
+bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import types
+import typing
+from collections.abc import Sequence
+
+from tlearn.config import TrainConfig, default_of, option_fields, read_config_file
+from tlearn.errors import TlearnError
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _value_type(annotation: str) -> type:
+    hints = typing.get_type_hints(TrainConfig)
+    return hints[annotation]
+
+
+def _scalar_type(tp: object) -> type:
+    """`int | None` -> int; `list[str]` -> str."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return _scalar_type(args[0])
+    if origin is list:
+        return args[0]  # type: ignore[return-value]
+    return tp  # type: ignore[return-value]
+
+
+def add_train_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field; defaults are suppressed so the config file can fill them."""
+    parser.add_argument(
+        "data", nargs="?", help=TrainConfig.__dataclass_fields__["data"].metadata["help"]
+    )
+    parser.add_argument("--config", help="YAML or JSON file of options; flags override it")
+    for f in option_fields():
+        tp = _value_type(f.name)
+        help_text = f"{f.metadata['help']} (default: {default_of(f)})"
+        if tp is bool:
+            parser.add_argument(
+                f"--no-{f.name.replace('_', '-')}",
+                dest=f.name,
+                action="store_false",
+                default=argparse.SUPPRESS,
+                help=f"turn off: {f.metadata['help']}",
+            )
+            continue
+        kwargs: dict = {"default": argparse.SUPPRESS, "help": help_text}
+        if f.metadata.get("choices"):
+            kwargs["choices"] = f.metadata["choices"]
+        if typing.get_origin(tp) is list:
+            kwargs["action"] = "append"
+        kwargs["type"] = _scalar_type(tp)
+        parser.add_argument(_flag(f.name), **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tlearn", description="Transfer learning for image classification."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train a classifier on a dataset")
+    add_train_options(train)
+
+    evaluate = sub.add_parser("evaluate", help="score a model on labelled data")
+    evaluate.add_argument("model", help="run folder or .safetensors model file")
+    evaluate.add_argument("data", help="dataset spec (built-in sets use their test split)")
+    evaluate.add_argument("--data-root", default=None)
+    evaluate.add_argument("--eval-limit", type=int, default=None)
+    evaluate.add_argument("--batch-size", type=int, default=256)
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    evaluate.add_argument("--workers", type=int, default=None)
+    evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    predict = sub.add_parser("predict", help="top-k labels for image files or folders")
+    predict.add_argument("model", help="run folder or .safetensors model file")
+    predict.add_argument("paths", nargs="+", help="image files or folders")
+    predict.add_argument("--topk", type=int, default=3)
+    predict.add_argument("--batch-size", type=int, default=64)
+    fmt = predict.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="JSON lines output")
+    fmt.add_argument("--csv", action="store_true", help="CSV output")
+
+    backbones = sub.add_parser("backbones", help="list usable backbones and their weights")
+    backbones.add_argument("--offline", action="store_true", help="only those usable offline now")
+    backbones.add_argument("pattern", nargs="?", help="search all names with this wildcard")
+
+    datasets = sub.add_parser("datasets", help="list the built-in datasets found on this machine")
+    datasets.add_argument("--data-root", default=None, help="also look in this folder")
+    return parser
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import tlearn
+
+    options = vars(args).copy()
+    options.pop("command")
+    config_path = options.pop("config", None)
+    values = read_config_file(config_path) if config_path else {}
+    values.update({k: v for k, v in options.items() if v is not None or k not in values})
+    if not values.get("data"):
+        raise TlearnError(
+            "no dataset given: `tlearn train DATA` (a folder, a CSV, or fashion-mnist)"
+        )
+    model = tlearn.train(**values)
+    best = model.run_dir / "best.safetensors"
+    print(f"done: best model {best}; evaluate with `tlearn evaluate {model.run_dir} DATA`")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    import tlearn
+
+    model = tlearn.load(args.model)
+    report = model.evaluate(
+        args.data,
+        data_root=args.data_root,
+        eval_limit=args.eval_limit,
+        batch_size=args.batch_size,
+        device=args.device,
+        precision=args.precision,
+        workers=args.workers,
+    )
+    print(report.to_json() if args.json else report.summary())
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    import tlearn
+
+    model = tlearn.load(args.model)
+    predictions = model.predict(args.paths, topk=args.topk, batch_size=args.batch_size)
+    if args.json:
+        for p in predictions:
+            print(json.dumps(p.to_dict()))
+    elif args.csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["path", "rank", "label", "probability"])
+        for p in predictions:
+            for rank, (label, prob) in enumerate(zip(p.labels, p.probabilities, strict=True), 1):
+                writer.writerow([p.path, rank, label, f"{prob:.6f}"])
+    else:
+        width = max(len(p.path) for p in predictions)
+        for p in predictions:
+            tops = "  ".join(
+                f"{lab} {prob:.3f}" for lab, prob in zip(p.labels, p.probabilities, strict=True)
+            )
+            print(f"{p.path:<{width}}  {tops}")
+    return 0
+
+
+def run_backbones(args: argparse.Namespace) -> int:
+    from tlearn.models import list_backbones
+
+    rows = list_backbones(offline=args.offline, pattern=args.pattern)
+    if not rows:
+        print("no backbone matches" + (" with weights on this machine" if args.offline else ""))
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'name':<{width}}  {'library':<11}  features  input  weights")
+    for r in rows:
+        print(
+            f"{r['name']:<{width}}  {r['library']:<11}  {str(r['num_features'] or '?'):>8}  "
+            f"{str(r['input_size'] or '?'):>5}  {r['weights'] or '-'}"
+        )
+    return 0
+
+
+def run_datasets(args: argparse.Namespace) -> int:
+    from tlearn.data import BUILTIN_DATASETS, locate_builtin
+
+    for name in BUILTIN_DATASETS:
+        where = locate_builtin(name, args.data_root)
+        print(f"{name:<14} {where or 'not found: downloads when online, or pass --data-root DIR'}")
+    return 0
+
+
+COMMANDS = {
+    "train": run_train,
+    "evaluate": run_evaluate,
+    "predict": run_predict,
+    "backbones": run_backbones,
+    "datasets": run_datasets,
+}
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Data warnings (an empty class folder, a skipped file) as one line, not a code excerpt."""
+    print(f"tlearn: warning: {message}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import warnings
+
+    warnings.showwarning = _one_line_warning
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except TlearnError as e:
+        print(f"tlearn: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `tlearn predict ... | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        print("tlearn: interrupted; finished epochs are saved in the run folder", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

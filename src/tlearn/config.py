@@ -1,0 +1,232 @@
+"""Every training option in one dataclass: names, defaults, help and validation live here once.
+
+The CLI parser, the YAML/JSON loader and `tlearn.train(**kwargs)` are all built from `TrainConfig`,
+so an option cannot exist in one and be missing (or spelled differently) in another.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tlearn.errors import TlearnError
+
+STRATEGIES = ("auto", "linear-probe", "finetune", "gradual", "freeze:N")
+HEADS = ("linear", "mlp")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "onecycle", "constant")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AUGMENTS = ("none", "flip", "light")
+
+# Learning rates that work out of the box: a head alone tolerates a high rate, a whole pretrained
+# network needs a low one (or it forgets what ImageNet taught it).
+DEFAULT_LR = {
+    ("sgd", "linear-probe"): 0.1,
+    ("sgd", "freeze"): 0.02,
+    ("sgd", "finetune"): 0.01,
+    ("sgd", "gradual"): 0.02,
+    ("adamw", "linear-probe"): 3e-3,
+    ("adamw", "freeze"): 1e-3,
+    ("adamw", "finetune"): 5e-4,
+    ("adamw", "gradual"): 1e-3,
+}
+
+
+def opt(default: Any, help: str, choices: tuple[str, ...] | None = None, **extra: Any) -> Any:
+    """A dataclass field carrying the CLI help text, so the parser is generated, not rewritten."""
+    meta = {"help": help, "choices": choices, **extra}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    """What `tlearn train` does; the resolved copy is written to the run folder as config.yaml."""
+
+    data: str = opt(
+        "", "dataset: a folder of class folders, a CSV of path,label, or cifar10/fashion-mnist/..."
+    )
+    backbone: list[str] = opt(
+        ["tf_efficientnet_lite0"], "timm or torchvision model name (repeat to fuse several)"
+    )
+    weights: str = opt(
+        "auto",
+        "pretrained weights: auto (package, cache or download), none, or a .pth/.safetensors file",
+    )
+    head: str = opt("linear", "classifier head on top of the pooled features", HEADS)
+    hidden: str = opt("256,128", "hidden layer sizes of the mlp head, comma separated")
+    dropout: float = opt(0.5, "dropout between the mlp head's layers")
+    strategy: str = opt(
+        "auto",
+        "what trains: linear-probe, freeze:N (first N stages frozen), finetune, gradual, auto",
+    )
+    lr: float | None = opt(None, "peak learning rate (default: chosen for the strategy)")
+    lr_decay: float = opt(
+        1.0, "layer-wise rate factor per stage below the head for finetune/gradual (e.g. 0.7)"
+    )
+    optimizer: str = opt("adamw", "optimizer", OPTIMIZERS)
+    momentum: float = opt(0.9, "SGD momentum")
+    weight_decay: float = opt(0.01, "weight decay (not applied to biases and norms)")
+    schedule: str = opt("cosine", "learning-rate schedule after warm-up", SCHEDULES)
+    warmup: float = opt(0.0, "warm-up length in epochs (fractions allowed)")
+    label_smoothing: float = opt(0.1, "label smoothing of the cross-entropy loss")
+    epochs: int = opt(5, "training epochs")
+    batch_size: int = opt(128, "images per step")
+    image_size: int | None = opt(None, "input resolution (default: the backbone's own)")
+    augment: str = opt("none", "training augmentation", AUGMENTS)
+    val_split: float = opt(0.1, "fraction held out for validation when the data has no val split")
+    train_limit: int | None = opt(None, "train on a stratified subset of N images")
+    eval_limit: int | None = opt(
+        None,
+        "validate on a stratified subset of N images (default with --train-limit: in proportion)",
+    )
+    data_root: str | None = opt(None, "folder holding torchvision datasets (offline use)")
+    seed: int = opt(0, "random seed for splits, initialisation and order")
+    out: str | None = opt(None, "run folder (default: runs/<data>-<time>)")
+    device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    precision: str = opt("auto", "compute precision", PRECISIONS)
+    workers: int | None = opt(None, "data-loading processes (default: from the CPU count)")
+    cache: bool = opt(True, "compute frozen-backbone features once and train the head on them")
+
+    # -- derived views -------------------------------------------------------------------------
+
+    @property
+    def hidden_sizes(self) -> tuple[int, ...]:
+        return tuple(int(v) for v in str(self.hidden).split(",") if v.strip())
+
+    @property
+    def strategy_kind(self) -> str:
+        """`freeze:3` -> `freeze`; the others are their own kind."""
+        return self.strategy.split(":", 1)[0]
+
+    @property
+    def frozen_stages(self) -> int:
+        return int(self.strategy.split(":", 1)[1]) if self.strategy_kind == "freeze" else 0
+
+    def resolved_lr(self) -> float:
+        kind = "linear-probe" if self.strategy_kind == "auto" else self.strategy_kind
+        return self.lr if self.lr is not None else DEFAULT_LR[(self.optimizer, kind)]
+
+    # -- validation ----------------------------------------------------------------------------
+
+    def validate(self) -> TrainConfig:
+        """Reject bad options before any data is read, saying what is allowed."""
+        if isinstance(self.backbone, str):
+            self.backbone = [self.backbone]
+        if not self.data:
+            raise TlearnError("no dataset given: name a folder, a CSV file or a built-in dataset")
+        if not self.backbone:
+            raise TlearnError("no backbone given: pass --backbone NAME (see `tlearn backbones`)")
+        for name, choices in (
+            ("head", HEADS),
+            ("optimizer", OPTIMIZERS),
+            ("schedule", SCHEDULES),
+            ("precision", PRECISIONS),
+            ("augment", AUGMENTS),
+        ):
+            value = getattr(self, name)
+            if value not in choices:
+                raise TlearnError(
+                    f"--{name.replace('_', '-')} {value!r} is not one of {', '.join(choices)}"
+                )
+        if not re.fullmatch(r"auto|linear-probe|finetune|gradual|freeze:\d+", self.strategy):
+            raise TlearnError(
+                f"--strategy {self.strategy!r} is not one of auto, linear-probe, finetune, "
+                "gradual or freeze:N (N a whole number of stages)"
+            )
+        try:
+            sizes = self.hidden_sizes
+        except ValueError:
+            sizes = ()
+        if self.head == "mlp" and (not sizes or min(sizes) < 1):
+            raise TlearnError(f"--hidden {self.hidden!r} must be positive sizes like 256,128")
+        _check_range("epochs", self.epochs, 1, 100_000)
+        _check_range("batch_size", self.batch_size, 1, 1 << 16)
+        _check_range("dropout", self.dropout, 0.0, 0.99)
+        _check_range("label_smoothing", self.label_smoothing, 0.0, 0.99)
+        _check_range("val_split", self.val_split, 0.0, 0.9)
+        _check_range("warmup", self.warmup, 0.0, float(self.epochs))
+        _check_range("momentum", self.momentum, 0.0, 0.999)
+        _check_range("weight_decay", self.weight_decay, 0.0, 1.0)
+        _check_range("lr_decay", self.lr_decay, 0.01, 1.0)
+        if self.lr is not None:
+            _check_range("lr", self.lr, 1e-8, 10.0)
+        if self.image_size is not None:
+            _check_range("image_size", self.image_size, 16, 2048)
+        for name in ("train_limit", "eval_limit"):
+            if getattr(self, name) is not None:
+                _check_range(name, getattr(self, name), 2, 10**9)
+        if self.workers is not None:
+            _check_range("workers", self.workers, 0, 64)
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
+            raise TlearnError(f"--device {self.device!r} must be auto, cpu, cuda or cuda:N")
+        return self
+
+    # -- files ---------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        normalised = {k.replace("-", "_"): v for k, v in values.items()}
+        unknown = sorted(set(normalised) - known)
+        if unknown:
+            raise TlearnError(
+                f"unknown option {unknown[0]!r}; the options are those of `tlearn train --help`"
+            )
+        if isinstance(normalised.get("backbone"), str):
+            normalised["backbone"] = [normalised["backbone"]]
+        if isinstance(normalised.get("hidden"), (list, tuple)):
+            normalised["hidden"] = ",".join(str(v) for v in normalised["hidden"])
+        return cls(**normalised)
+
+    def save_yaml(self, path: Path) -> None:
+        from tlearn.files import atomic_write_text
+
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Options from a YAML or JSON file (`--config run.yaml`)."""
+    p = Path(path)
+    if not p.is_file():
+        raise TlearnError(f"config file {p} does not exist: check the path given to --config")
+    try:
+        text = p.read_text(encoding="utf-8")
+        values = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, json.JSONDecodeError) as e:
+        raise TlearnError(
+            f"config file {p} could not be read ({e.__class__.__name__}): fix its syntax"
+        ) from e
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise TlearnError(f"config file {p} must hold a mapping of option: value")
+    return values
+
+
+def option_fields() -> list[Any]:
+    """The dataclass fields that become CLI flags (everything but the positional DATA)."""
+    return [f for f in fields(TrainConfig) if f.name != "data"]
+
+
+def default_of(f: Any) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    return f.default_factory()  # type: ignore[misc]
+
+
+def _check_range(name: str, value: Any, lo: float, hi: float) -> None:
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TlearnError(f"{flag} must be a number, not {value!r}")
+    if not lo <= value <= hi:
+        raise TlearnError(f"{flag} {value} is out of range: use a value from {lo} to {hi}")

@@ -1,0 +1,48 @@
+"""Top-k predictions for image files: the same preprocessing the model was trained with."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from tlearn.data import build_transform, find_images, open_image
+from tlearn.errors import TlearnError
+
+
+def predict_paths(model, paths: list[str | Path], topk: int = 5, batch_size: int = 64) -> list:
+    from tlearn.api import Prediction
+
+    if topk < 1:
+        raise TlearnError(f"--topk {topk} must be at least 1")
+    files = find_images(paths)
+    transform = build_transform(model.input_preprocessing, train=False)
+    k = min(topk, len(model.classes))
+    results: list[Prediction] = []
+    classifier = model.classifier.eval()
+    for start in range(0, len(files), batch_size):
+        tensors, kept = [], []
+        for path in files[start : start + batch_size]:
+            try:
+                tensors.append(transform(open_image(path)))
+                kept.append(path)
+            except TlearnError as e:
+                print(f"warning: skipped {e}", file=sys.stderr)
+        if not tensors:
+            continue
+        with torch.inference_mode():
+            batch = torch.stack(tensors).contiguous(memory_format=torch.channels_last)
+            probabilities = classifier(batch).float().softmax(1)
+        top = probabilities.topk(k, dim=1)
+        for path, values, indices in zip(kept, top.values, top.indices, strict=True):
+            results.append(
+                Prediction(
+                    path=str(path),
+                    labels=[model.classes[i] for i in indices.tolist()],
+                    probabilities=[round(v, 6) for v in values.tolist()],
+                )
+            )
+    if not results:
+        raise TlearnError("none of the given images could be decoded: check the files")
+    return results

@@ -1,0 +1,1 @@
+"""Strategies, the training loop and the feature cache."""
