@@ -22,7 +22,8 @@ from tlearn.preprocessing import Preprocessing
 GRAY = Preprocessing(input_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
 
-@pytest.mark.parametrize("augment", AUGMENTATIONS)
+# the geometric presets keep a flat grey image grey; medium/strong change colours (test_augment.py)
+@pytest.mark.parametrize("augment", [a for a in AUGMENTATIONS if a in ("none", "flip", "light")])
 @pytest.mark.parametrize("train", [False, True])
 def test_output_is_normalised_square_tensor(train, augment):
     t = build_transform(GRAY, train=train, augment=augment)

@@ -17,11 +17,15 @@ from PIL import Image
 from torch.utils.data import default_collate
 from torchvision.transforms import InterpolationMode, v2
 
+from tlearn.data.augment import (
+    RandomErase,
+    ScaledRandomResizedCrop,
+    policy_transform,
+    preset,
+)
 from tlearn.data.sources import ImageSource
 from tlearn.errors import TlearnError
 from tlearn.preprocessing import Preprocessing
-
-AUGMENTATIONS: tuple[str, ...] = ("none", "flip", "light")
 
 _INTERPOLATION = {
     "bilinear": InterpolationMode.BILINEAR,
@@ -31,43 +35,40 @@ _INTERPOLATION = {
 
 
 def build_transform(
-    pre: Preprocessing, *, train: bool, augment: str = "none"
+    pre: Preprocessing, *, train: bool, augment: str = "none", hflip: bool = True
 ) -> Callable[[Image.Image], torch.Tensor]:
     """PIL RGB image -> normalised float32 CHW tensor of `pre.input_size` square.
 
     Evaluation resizes the shorter side to the input size and centre-crops, so small images
-    (CIFAR, MNIST) are not cropped further; augmentation applies to training only.
+    (CIFAR, MNIST) are not cropped further; augmentation (a preset of `tlearn.data.augment`;
+    `hflip=False` never mirrors) applies to training only. Policies run on the uint8 tensor,
+    random erasing on the float one; mixup/cutmix act later, on whole batches.
     """
-    if augment not in AUGMENTATIONS:
-        raise TlearnError(f"unknown --augment {augment!r}; use one of {', '.join(AUGMENTATIONS)}.")
+    recipe = preset(augment, hflip=hflip)
     try:
         interpolation = _INTERPOLATION[pre.interpolation]
     except KeyError:
         raise ValueError(f"unsupported interpolation {pre.interpolation!r}") from None
     size = pre.input_size
-    augment = augment if train else "none"
-    if augment == "light":
-        geometry: list[Any] = [
-            v2.RandomResizedCrop(
-                size, scale=(0.35, 1.0), interpolation=interpolation, antialias=True
-            ),
-            v2.RandomHorizontalFlip(),
-        ]
+    if not train:
+        recipe = preset("none")
+    if recipe.crops:
+        steps: list[Any] = [ScaledRandomResizedCrop(size, interpolation)]
     else:
-        geometry = [
+        steps = [
             v2.Resize(size, interpolation=interpolation, antialias=True),
             v2.CenterCrop(size),
         ]
-        if augment == "flip":
-            geometry.append(v2.RandomHorizontalFlip())
-    return v2.Compose(
-        [
-            *geometry,
-            v2.ToImage(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=list(pre.mean), std=list(pre.std)),
-        ]
-    )
+    if recipe.hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    steps.append(v2.ToImage())
+    if recipe.policy:
+        steps.append(policy_transform(recipe.policy))
+    steps.append(v2.ToDtype(torch.float32, scale=True))
+    if recipe.erasing:
+        steps.append(RandomErase(recipe.erasing))
+    steps.append(v2.Normalize(mean=list(pre.mean), std=list(pre.std)))
+    return v2.Compose(steps)
 
 
 class MultiTransform:
