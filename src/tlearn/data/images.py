@@ -8,8 +8,10 @@ the one user-facing error type so the loader can skip and count it instead of cr
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +43,7 @@ def open_image(path: str | Path) -> Image.Image:
         if path.stat().st_size == 0:
             raise TlearnError(f"cannot read image {path}: the file is empty; replace or remove it.")
         with Image.open(path) as im:
+            _check_pixels(im, path)
             im.seek(0)  # first frame of an animated GIF/WebP/TIFF
             im.load()
             im = ImageOps.exif_transpose(im)
@@ -126,8 +129,61 @@ def find_images(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def walk_files(root: Path) -> Iterable[Path]:
-    """Files under a folder, following symlinks, skipping hidden folders such as `.git`."""
+    """Files under a folder, following symlinks, skipping hidden folders such as `.git`.
+
+    A symlinked folder that leads back to one already walked, or up to the root or above it (a
+    loop), is not entered: os.walk would list its files once per turn of the loop, and a link up
+    from one class folder would pull the other classes' images into it.
+    """
+    top = os.path.realpath(root)
+    visited: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in visited:
+            dirnames[:] = []
+            continue
+        visited.add((st.st_dev, st.st_ino))
+        dirnames[:] = sorted(
+            d
+            for d in dirnames
+            if not d.startswith(".") and not _leads_above(os.path.join(dirpath, d), top)
+        )
         for name in filenames:
             yield Path(dirpath) / name
+
+
+def _leads_above(path: str, top: str) -> bool:
+    """Whether a folder is `top` itself or one of its ancestors (through symlinks)."""
+    real = os.path.realpath(path)
+    return real == top or top.startswith(real.rstrip(os.sep) + os.sep)
+
+
+# Pillow warns between MAX_IMAGE_PIXELS and twice that, and refuses only beyond; tlearn refuses at
+# the limit itself (`_check_pixels`), so the warning would only repeat the skip message.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # Pillow's own default: about 0.25 GB of RGB pixels
+
+
+def _check_pixels(im: Image.Image, path: Path) -> None:
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and im.width * im.height > limit:
+        raise TlearnError(
+            f"cannot read image {path}: {im.width}x{im.height} pixels is over the "
+            f"{limit:,}-pixel limit (a decompression-bomb guard); resize or remove it, or raise "
+            "--max-image-pixels."
+        )
+
+
+@contextlib.contextmanager
+def max_image_pixels(limit: int | None) -> Iterator[None]:
+    """Set Pillow's pixel limit for a run (loader processes forked inside inherit it)."""
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = limit
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
