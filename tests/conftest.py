@@ -62,3 +62,9 @@ def make_image_folder(tmp_path: Path) -> Callable[..., Path]:
         return folder
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _private_tlearn_cache(tmp_path_factory, monkeypatch):
+    """Feature caches of tests go to a temporary folder, never the user's ~/.cache."""
+    monkeypatch.setenv("TLEARN_CACHE_DIR", str(tmp_path_factory.mktemp("tlearn-cache")))

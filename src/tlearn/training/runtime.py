@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 
 import torch
@@ -64,3 +64,106 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool) -> Iterator[None]:
+    """Deterministic kernels for the run (`--deterministic`), restored afterwards.
+
+    Same seed, same machine, same result, resumed or not: torch's deterministic algorithms,
+    cuDNN autotuning off, and the cuBLAS workspace setting CUDA's determinism needs. An operation
+    with no deterministic kernel (a few CUDA backward passes) warns instead of ending the run.
+    """
+    if not enabled:
+        yield
+        return
+    previous = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = benchmark
+
+
+def probe_training_precision(
+    model: torch.nn.Module,
+    input_size: int,
+    device: torch.device,
+    precision: str,
+    batch: int = 16,
+    remember_as: str | None = None,
+) -> str:
+    """Measure a few training steps in fp32 and bf16 and keep the faster: never assume.
+
+    bf16 autocast halves memory traffic, but on CPUs some kernels (depthwise convolutions'
+    backward, for one) run slower in bf16 than in fp32, so the answer depends on the network.
+    Only asked when `precision` is bf16 on a CPU; GPUs keep what `pick_precision` chose.
+    """
+    import copy
+    import json
+    import platform
+    import time
+
+    if precision != "bf16" or device.type != "cpu":
+        return precision
+    # The first measurement on a machine is remembered, so two runs with the same seed compute
+    # the same way even when the machine is busier during one of them.
+    memory = _tlearn_cache_dir() / "precision-probe.json"
+    key = f"{remember_as}|{platform.processor() or platform.machine()}|{torch.__version__}"
+    try:
+        known = json.loads(memory.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if remember_as and known.get(key) in ("fp32", "bf16"):
+        return known[key]
+    trial = copy.deepcopy(model).to(device).train().to(memory_format=torch.channels_last)
+    x = torch.rand(batch, 3, input_size, input_size, device=device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    params = [p for p in trial.parameters() if p.requires_grad]
+    timings = {}
+    for candidate in ("fp32", "bf16", "fp32", "bf16"):
+        autocast = autocast_factory(device, candidate)
+        start = time.perf_counter()
+        for _ in range(2):
+            with autocast():
+                loss = trial(x).float().square().mean()
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            del grads
+        elapsed = time.perf_counter() - start
+        timings[candidate] = min(elapsed, timings.get(candidate, float("inf")))
+    chosen = "bf16" if timings["bf16"] < 0.9 * timings["fp32"] else "fp32"
+    if remember_as:
+        try:
+            memory.parent.mkdir(parents=True, exist_ok=True)
+            memory.write_text(json.dumps({**known, key: chosen}, indent=1))
+        except OSError:
+            pass  # remembering is an optimisation
+    return chosen
+
+
+def _tlearn_cache_dir():
+    from pathlib import Path
+
+    env = os.environ.get("TLEARN_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "tlearn"
+
+
+@contextlib.contextmanager
+def flush_denormals() -> Iterator[None]:
+    """Treat denormal floats as zero during a run (restored afterwards).
+
+    On x86 CPUs an operation on a denormal costs ~100x a normal one; nearly constant inputs (small
+    or synthetic images, a saturated batch-norm) fill gradients with them and made a tiny
+    fine-tune 4x slower here. The values lost are below 1e-38.
+    """
+    enabled = torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if enabled:
+            torch.set_flush_denormal(False)

@@ -1,0 +1,201 @@
+"""Throughput of tlearn's compute path against a plain fp32 eager PyTorch loop, side by side.
+
+For each backbone and image size: training (every parameter trains) and inference images/s of
+  - plain: the textbook loop — fp32, NCHW, eager, `torch.no_grad` for inference;
+  - tlearn: what `tlearn train` runs — channels-last, the precision its probe picks (bf16 on CPUs
+    with native bf16), `inference_mode` and a bf16 copy of frozen weights for inference;
+on the same model, batch and data in the same process, alternating, so machine noise hits both.
+Also the machine's peak (a large bf16 and fp32 matmul) and each model's FLOPs, to report what
+fraction of the hardware each path uses.
+
+    python benchmarks/throughput.py [--quick]   -> benchmarks/results/throughput.{json,md}
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from tlearn.models import build_head, create_backbone
+from tlearn.models.classifier import Classifier
+from tlearn.models.normalize import NormalizedBackbone
+from tlearn.training.runtime import pick_precision, probe_training_precision
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def peak_flops(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def model_flops(model: torch.nn.Module, x: torch.Tensor, train: bool = False) -> float:
+    """FLOPs of one forward pass on the batch."""
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    return float(counter.get_total_flops())
+
+
+def build(name: str, size: int) -> torch.nn.Module:
+    b = create_backbone(name, "none", size)
+    head = build_head("linear", b.num_features, 10)
+    return Classifier([NormalizedBackbone(b.module, b.preprocessing)], head)
+
+
+def time_steps(step, reps: int) -> float:
+    step()  # warm-up: kernel selection, allocations
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def train_step_fn(model, x, y, channels_last: bool, autocast_dtype):
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    model.train()
+
+    def step():
+        enabled = autocast_dtype is not None
+        with torch.autocast("cpu", dtype=autocast_dtype or torch.float32, enabled=enabled):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def infer_fn(model, x, tlearn_path: bool, precision: str):
+    model = model.eval()
+    if not tlearn_path:
+
+        def step():
+            with torch.no_grad():
+                model(x)
+
+        return step
+    x = x.contiguous(memory_format=torch.channels_last)
+    if precision == "bf16":
+        model = copy.deepcopy(model).to(torch.bfloat16).to(memory_format=torch.channels_last)
+        x = x.to(torch.bfloat16)
+    else:
+        model = model.to(memory_format=torch.channels_last)
+
+    def step():
+        with torch.inference_mode():
+            model(x)
+
+    return step
+
+
+def bench(name: str, size: int, batch: int, reps: int) -> dict:
+    torch.manual_seed(0)
+    x = torch.rand(batch, 3, size, size)
+    y = torch.randint(0, 10, (batch,))
+    device = torch.device("cpu")
+    precision = pick_precision(device, "auto")
+    train_precision = probe_training_precision(build(name, size), size, device, precision)
+    autocast_dtype = torch.bfloat16 if train_precision == "bf16" else None
+    rows = {}
+    plain_train = train_step_fn(build(name, size), x, y, False, None)
+    tlearn_train = train_step_fn(build(name, size), x, y, True, autocast_dtype)
+    plain_infer = infer_fn(build(name, size), x, False, "fp32")
+    tlearn_infer = infer_fn(build(name, size), x, True, precision)
+    t = {"plain_train": [], "tlearn_train": [], "plain_infer": [], "tlearn_infer": []}
+    for _ in range(2):  # alternate, so a noisy moment hits both paths
+        t["plain_train"].append(time_steps(plain_train, reps))
+        t["tlearn_train"].append(time_steps(tlearn_train, reps))
+        t["plain_infer"].append(time_steps(plain_infer, reps))
+        t["tlearn_infer"].append(time_steps(tlearn_infer, reps))
+    for k, v in t.items():
+        rows[k + "_img_s"] = round(batch / min(v), 1)
+    m = build(name, size)
+    rows["infer_flops_per_img"] = model_flops(m.eval(), x[:8], False) / 8
+    # forward + backward = 3x forward, the usual estimate (torch's counter mis-sizes the
+    # backward of grouped convolutions, which depthwise-heavy nets are made of)
+    rows["train_flops_per_img"] = 3 * rows["infer_flops_per_img"]
+    rows["train_speedup"] = round(rows["tlearn_train_img_s"] / rows["plain_train_img_s"], 2)
+    rows["infer_speedup"] = round(rows["tlearn_infer_img_s"] / rows["plain_infer_img_s"], 2)
+    rows["train_precision"] = train_precision
+    rows["infer_precision"] = precision
+    return {"backbone": name, "size": size, "batch": batch, **rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="64 px only, fewer repetitions")
+    args = parser.parse_args()
+    torch.set_num_threads(torch.get_num_threads())
+    sizes = [64] if args.quick else [64, 224]
+    reps = 2 if args.quick else 4
+    peak32, peak16 = peak_flops(torch.float32), peak_flops(torch.bfloat16)
+    results = []
+    for name in ("tf_efficientnet_lite0", "resnet18"):
+        for size in sizes:
+            batch = 64 if size == 64 else 32
+            row = bench(name, size, batch, reps)
+            best_peak = peak16 if row["infer_precision"] == "bf16" else peak32
+            row["tlearn_infer_peak_fraction"] = round(
+                row["tlearn_infer_img_s"] * row["infer_flops_per_img"] / best_peak, 4
+            )
+            row["plain_infer_peak_fraction"] = round(
+                row["plain_infer_img_s"] * row["infer_flops_per_img"] / peak32, 4
+            )
+            row["tlearn_train_peak_fraction"] = round(
+                row["tlearn_train_img_s"]
+                * row["train_flops_per_img"]
+                / (peak16 if row["train_precision"] == "bf16" else peak32),
+                4,
+            )
+            results.append(row)
+            print(json.dumps(row), flush=True)
+    meta = {
+        "machine": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "peak_fp32_gflops": round(peak32 / 1e9, 1),
+        "peak_bf16_gflops": round(peak16 / 1e9, 1),
+        "command": " ".join(["python", *sys.argv]),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "throughput.json").write_text(json.dumps({"meta": meta, "rows": results}, indent=2))
+    lines = [
+        f"Peak: fp32 {meta['peak_fp32_gflops']} GFLOP/s, bf16 {meta['peak_bf16_gflops']} GFLOP/s "
+        f"({meta['threads']} threads, torch {meta['torch']})",
+        "",
+        "| backbone | px | batch | train img/s plain | train img/s tlearn | x | infer img/s plain "
+        "| infer img/s tlearn | x | tlearn infer % of peak |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['backbone']} | {r['size']} | {r['batch']} | {r['plain_train_img_s']} | "
+            f"{r['tlearn_train_img_s']} ({r['train_precision']}) | {r['train_speedup']} | "
+            f"{r['plain_infer_img_s']} | {r['tlearn_infer_img_s']} ({r['infer_precision']}) | "
+            f"{r['infer_speedup']} | {100 * r['tlearn_infer_peak_fraction']:.1f}% |"
+        )
+    (RESULTS / "throughput.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Time to accuracy on Fashion-MNIST (full 60,000 train / 10,000 test), as a user runs it.
+
+Each step is a real `tlearn` command in its own process; wall time and that process's peak
+resident memory are recorded, and test accuracy comes from `tlearn evaluate --json`.
+
+  frozen-cold   linear probe + MLP head at 64 px, empty feature cache (decode + features + head)
+  frozen-warm   the same with another seed: features come from the cache
+  quick         the foundation check: 6,000 training images, linear head, 5 epochs
+  finetune      every layer trains, 1 epoch at 64 px
+
+    python benchmarks/time_to_accuracy.py [--only frozen-cold,frozen-warm]
+      -> benchmarks/results/time_to_accuracy.{json,md}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+FROZEN = ["--backbone", "tf_efficientnet_lite0", "--strategy", "linear-probe", "--head", "mlp",
+          "--image-size", "64"]  # fmt: skip
+
+RUNS = {
+    "frozen-cold": FROZEN + ["--epochs", "10"],
+    "frozen-warm": FROZEN + ["--epochs", "10", "--seed", "1"],
+    "quick": [
+        "--backbone",
+        "tf_efficientnet_lite0",
+        "--strategy",
+        "linear-probe",
+        "--epochs",
+        "5",
+        "--image-size",
+        "64",
+        "--train-limit",
+        "6000",
+    ],  # fmt: skip
+    "finetune": [
+        "--backbone",
+        "tf_efficientnet_lite0",
+        "--strategy",
+        "finetune",
+        "--epochs",
+        "1",
+        "--image-size",
+        "64",
+        "--augment",
+        "flip",
+    ],  # fmt: skip
+}
+
+
+def run(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS in GiB (of that process), and stdout."""
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, env=env, text=True)
+    out, err = proc.stdout, proc.stderr
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{err[-2000:]}")
+    peak = _peak_rss_gib(err)
+    return wall, peak, out
+
+
+def _peak_rss_gib(stderr: str) -> float:
+    for line in stderr.splitlines()[::-1]:
+        if line.startswith("PEAK_RSS_KB="):
+            return round(int(line.split("=")[1]) / 2**20, 2)
+    return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", default=",".join(RUNS), help="comma-separated run names")
+    args = parser.parse_args()
+    names = [n for n in args.only.split(",") if n]
+    work = Path(tempfile.mkdtemp(prefix="tlearn-bench-"))
+    env = {**os.environ, "TLEARN_CACHE_DIR": str(work / "cache"), "PYTHONUNBUFFERED": "1"}
+    # report each command's own peak memory: a tiny wrapper prints ru_maxrss on exit
+    wrapper = work / "peak.py"
+    wrapper.write_text(
+        "import atexit, resource, runpy, sys\n"
+        "atexit.register(lambda: print(f'PEAK_RSS_KB={resource.getrusage(resource.RUSAGE_SELF)"
+        ".ru_maxrss}', file=sys.stderr))\n"
+        "sys.argv = ['tlearn', *sys.argv[1:]]\n"
+        "try:\n    runpy.run_module('tlearn', run_name='__main__')\n"
+        "except SystemExit as e:\n    sys.exit(e.code)\n"
+    )
+    rows = []
+    for name in names:
+        out_dir = work / name
+        tlearn = [sys.executable, str(wrapper)]
+        cmd = [*tlearn, "train", "fashion-mnist", *RUNS[name], "--out", str(out_dir)]
+        train_s, train_peak, log = run(cmd, env)
+        eval_cmd = [*tlearn, "evaluate", str(out_dir), "fashion-mnist", "--json"]
+        eval_s, eval_peak, report = run(eval_cmd, env)
+        accuracy = json.loads(report)["accuracy"]
+        row = {
+            "run": name,
+            "command": "tlearn train fashion-mnist " + " ".join(RUNS[name]),
+            "train_wall_s": round(train_s, 1),
+            "evaluate_wall_s": round(eval_s, 1),
+            "test_accuracy": accuracy,
+            "train_peak_rss_gib": train_peak,
+            "evaluate_peak_rss_gib": eval_peak,
+            "log_tail": log.strip().splitlines()[-3:],
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    shutil.rmtree(work, ignore_errors=True)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "time_to_accuracy.json").write_text(json.dumps(rows, indent=2))
+    lines = [
+        "| run | train wall s | evaluate wall s | test accuracy | peak RSS GiB (train) | command |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['run']} | {r['train_wall_s']} | {r['evaluate_wall_s']} | "
+            f"{r['test_accuracy']:.4f} | {r['train_peak_rss_gib']} | `{r['command']}` |"
+        )
+    (RESULTS / "time_to_accuracy.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
