@@ -12,7 +12,7 @@ from tlearn.checkpoint import ModelSpec, read_model_file, save_model
 from tlearn.config import TrainConfig
 from tlearn.errors import TlearnError
 from tlearn.evaluation import Report, compute_report
-from tlearn.models import Classifier, build_head, create_backbone
+from tlearn.models import Classifier, build_fusion, build_head, create_backbone
 from tlearn.models.normalize import NormalizedBackbone
 from tlearn.preprocessing import Preprocessing, model_input
 from tlearn.training.runtime import autocast_factory, pick_device, pick_precision
@@ -62,8 +62,12 @@ class Model:
         precision: str = "auto",
         workers: int | None = None,
         seed: int = 0,
+        tta: bool = False,
     ) -> Report:
-        """Score on data: built-in sets use the official test split, folders their test part."""
+        """Score on data: built-in sets use the official test split, folders their test part.
+
+        `tta`: average flipped and multi-crop views of each image (`tlearn.deploy.tta`).
+        """
         from tlearn.data import load_eval_source
         from tlearn.training import loop
         from tlearn.training.features import image_loader
@@ -74,12 +78,17 @@ class Model:
         dev = pick_device(device)
         autocast = autocast_factory(dev, pick_precision(dev, precision))
         cfg = TrainConfig(data=data, batch_size=batch_size, workers=workers)
-        loader = image_loader(source, self.input_preprocessing, cfg, train=False)
-        pred = loop.predict_all(self.classifier.to(dev), loader, dev, autocast, "evaluate")
+        classifier, pre = self.classifier, self.input_preprocessing
+        if tta:
+            from tlearn.deploy.tta import flips_allowed, with_tta
+
+            classifier, pre = with_tta(classifier, pre, flips=flips_allowed(self.spec.config))
+        loader = image_loader(source, pre, cfg, train=False)
+        pred = loop.predict_all(classifier.to(dev), loader, dev, autocast, "evaluate")
         self.classifier.cpu()
         if len(pred.labels) == 0:
             raise TlearnError(f"no image of {data} could be decoded: check the files")
-        return compute_report(
+        report = compute_report(
             pred.logits,
             pred.labels,
             self.classes,
@@ -87,22 +96,43 @@ class Model:
             skipped=len(source) - len(pred.labels),
             seconds=pred.seconds,
         )
+        if tta:
+            report.extra["tta_views"] = classifier.num_views
+        return report
 
     def predict(
-        self, inputs: str | Path | list[str | Path], topk: int = 5, batch_size: int = 64
+        self,
+        inputs: str | Path | list[str | Path],
+        topk: int = 5,
+        batch_size: int = 64,
+        *,
+        tta: bool = False,
     ) -> list[Prediction]:
-        """Top-k labels for image files and folders; files that fail to decode are skipped."""
+        """Top-k labels for image files and folders; files that fail to decode are skipped.
+
+        `tta`: average flipped and multi-crop views of each image (`tlearn.deploy.tta`).
+        """
         from tlearn.deploy.predict import predict_paths
 
         paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
-        return predict_paths(self, paths, topk=topk, batch_size=batch_size)
+        return predict_paths(self, paths, topk=topk, batch_size=batch_size, tta=tta)
 
     def save(self, path: str | Path) -> Path:
         return save_model(path, self.classifier, self.spec)
 
 
-def train(data: str | None = None, *, config: str | Path | None = None, **options: Any) -> Model:
-    """Train a classifier; options are those of `tlearn train` (underscores for dashes)."""
+def train(
+    data: str | None = None,
+    *,
+    config: str | Path | None = None,
+    resume: str | Path | None = None,
+    **options: Any,
+) -> Model:
+    """Train a classifier; options are those of `tlearn train` (underscores for dashes).
+
+    `resume=RUN` continues an interrupted run from its last checkpoint with the run's own
+    options; options given with it must repeat them (only `workers` and `device` may change).
+    """
     from tlearn.config import read_config_file
     from tlearn.training.trainer import fit
 
@@ -111,8 +141,38 @@ def train(data: str | None = None, *, config: str | Path | None = None, **option
     if data is not None:
         values["data"] = data
     log = values.pop("log", print)
-    result = fit(TrainConfig.from_dict(values), log=log)
+    if resume is not None:
+        from tlearn.training.state import resume_config
+
+        result = fit(resume_config(resume, values), log=log, resume=True)
+    else:
+        result = fit(TrainConfig.from_dict(values), log=log)
     return Model(result.model, result.spec, result.run_dir)
+
+
+def lr_find(
+    data: str | None = None,
+    *,
+    config: str | Path | None = None,
+    start: float = 1e-7,
+    end: float = 10.0,
+    steps: int = 100,
+    **options: Any,
+) -> Any:
+    """The learning-rate range test for the run these options describe (those of `train`).
+
+    Writes lr_find.csv and lr_find.png to `out` and returns the sweep with its `.suggestion`.
+    """
+    from tlearn.config import read_config_file
+    from tlearn.training.lr_find import lr_find as run_lr_find
+
+    values = read_config_file(config) if config else {}
+    values.update(options)
+    if data is not None:
+        values["data"] = data
+    log = values.pop("log", print)
+    cfg = TrainConfig.from_dict(values)
+    return run_lr_find(cfg, log=log, start=start, end=end, steps=steps)
 
 
 def load(path: str | Path) -> Model:
@@ -139,6 +199,10 @@ def load(path: str | Path) -> Model:
 
 
 def build_from_spec(spec: ModelSpec) -> Classifier:
+    if spec.ensemble:  # members' classifiers under one averaging module (tlearn.ensemble)
+        from tlearn.ensemble import ensemble_classifier_from_spec
+
+        return ensemble_classifier_from_spec(spec)  # type: ignore[return-value]
     backbones = []
     for record in spec.backbones:
         pre = Preprocessing.from_dict(record["preprocessing"])
@@ -146,11 +210,12 @@ def build_from_spec(spec: ModelSpec) -> Classifier:
         qualified = name if "/" in name else f"{record['library']}/{name}"
         backbone = create_backbone(qualified, "none", pre.input_size)
         backbones.append(NormalizedBackbone(backbone.module, pre))
+    fusion = build_fusion(spec.fusion, [int(b["num_features"]) for b in spec.backbones])
     head = build_head(
         spec.head["kind"],
-        sum(int(b["num_features"]) for b in spec.backbones),
+        fusion.out_features,
         len(spec.classes),
         hidden=tuple(spec.head.get("hidden", (256, 128))),
         dropout=float(spec.head.get("dropout", 0.5)),
     )
-    return Classifier(backbones, head).to(memory_format=torch.channels_last).eval()
+    return Classifier(backbones, head, fusion).to(memory_format=torch.channels_last).eval()

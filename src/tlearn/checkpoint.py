@@ -35,6 +35,8 @@ class ModelSpec:
     config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    # An ensemble file: {"weights": [...], "members": [member spec dicts]}; empty otherwise.
+    ensemble: dict[str, Any] = field(default_factory=dict)
 
     @property
     def preprocessing(self) -> list[Preprocessing]:
@@ -72,6 +74,8 @@ def save_model(path: str | Path, model: torch.nn.Module, spec: ModelSpec) -> Pat
         "metrics": json.dumps(spec.metrics, default=float),
         "versions": json.dumps(spec.versions),
     }
+    if spec.ensemble:
+        meta["ensemble"] = json.dumps(spec.ensemble, default=str)
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
     return path
 
@@ -103,6 +107,7 @@ def read_model_file(path: str | Path) -> tuple[ModelSpec, dict[str, torch.Tensor
             config=json.loads(meta.get("config", "{}")),
             metrics=json.loads(meta.get("metrics", "{}")),
             versions=json.loads(meta.get("versions", "{}")),
+            ensemble=json.loads(meta.get("ensemble", "{}")),
         )
     except (KeyError, json.JSONDecodeError, TypeError) as e:
         raise TlearnError(f"{path} has broken tlearn metadata ({e}): use another copy") from e

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from tlearn.config import TrainConfig, default_of, option_fields, read_config_file
 from tlearn.errors import TlearnError
+from tlearn.training.interrupt import Interrupted
 
 
 def _flag(name: str) -> str:
@@ -33,10 +34,29 @@ def _scalar_type(tp: object) -> type:
     args = [a for a in typing.get_args(tp) if a is not type(None)]
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        return _scalar_type(args[0])
+        return _scalar_type(args[0]) if len(args) == 1 else _first_that_parses(args)
     if origin is list:
         return args[0]  # type: ignore[return-value]
     return tp  # type: ignore[return-value]
+
+
+def _first_that_parses(choices: list) -> type:
+    """`float | str` -> a parser trying each type in order: `--lr 1e-3` is a number, `--lr auto`
+    stays text (the config validates which words are allowed)."""
+
+    def parse(text: str) -> object:
+        for tp in choices:
+            try:
+                return tp(text)
+            except ValueError:
+                continue
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}")
+
+    parse.__name__ = " or ".join(getattr(t, "__name__", str(t)) for t in choices)
+    return parse  # type: ignore[return-value]
+
+
+TTA_HELP = "test-time augmentation: average flipped and multi-crop views (12x the compute)"
 
 
 def add_train_options(parser: argparse.ArgumentParser) -> None:
@@ -49,12 +69,13 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         tp = _value_type(f.name)
         help_text = f"{f.metadata['help']} (default: {default_of(f)})"
         if tp is bool:
+            on_by_default = bool(default_of(f))
             parser.add_argument(
-                f"--no-{f.name.replace('_', '-')}",
+                f"--no-{f.name.replace('_', '-')}" if on_by_default else _flag(f.name),
                 dest=f.name,
-                action="store_false",
+                action="store_false" if on_by_default else "store_true",
                 default=argparse.SUPPRESS,
-                help=f"turn off: {f.metadata['help']}",
+                help=f"turn off: {f.metadata['help']}" if on_by_default else f.metadata["help"],
             )
             continue
         kwargs: dict = {"default": argparse.SUPPRESS, "help": help_text}
@@ -74,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a classifier on a dataset")
     add_train_options(train)
+    train.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue an interrupted run from its last checkpoint, with its own options "
+        "(other options must repeat them; only --workers and --device may change)",
+    )
 
     evaluate = sub.add_parser("evaluate", help="score a model on labelled data")
     evaluate.add_argument("model", help="run folder or .safetensors model file")
@@ -85,15 +112,26 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     evaluate.add_argument("--workers", type=int, default=None)
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
+    evaluate.add_argument("--tta", action="store_true", help=TTA_HELP)
 
     predict = sub.add_parser("predict", help="top-k labels for image files or folders")
     predict.add_argument("model", help="run folder or .safetensors model file")
     predict.add_argument("paths", nargs="+", help="image files or folders")
     predict.add_argument("--topk", type=int, default=3)
     predict.add_argument("--batch-size", type=int, default=64)
+    predict.add_argument("--tta", action="store_true", help=TTA_HELP)
     fmt = predict.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="JSON lines output")
     fmt.add_argument("--csv", action="store_true", help="CSV output")
+
+    lr_find = sub.add_parser(
+        "lr-find",
+        help="sweep the learning rate on DATA with train's options; suggest one, plot it in --out",
+    )
+    add_train_options(lr_find)
+    lr_find.add_argument("--steps", type=int, default=100, help="sweep length in batches")
+    lr_find.add_argument("--start-lr", type=float, default=1e-7, help="first rate of the sweep")
+    lr_find.add_argument("--end-lr", type=float, default=10.0, help="last rate of the sweep")
 
     backbones = sub.add_parser("backbones", help="list usable backbones and their weights")
     backbones.add_argument("--offline", action="store_true", help="only those usable offline now")
@@ -101,6 +139,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     datasets = sub.add_parser("datasets", help="list the built-in datasets found on this machine")
     datasets.add_argument("--data-root", default=None, help="also look in this folder")
+
+    ens = sub.add_parser("ensemble", help="average trained models into one model file")
+    ens.add_argument("models", nargs="+", help="run folders or .safetensors model files")
+    ens.add_argument("--out", required=True, help="the ensemble's .safetensors file")
+    ens.add_argument("--weights", default=None, help="one weight per model, e.g. 0.6,0.4")
+    ens.add_argument(
+        "--fit-weights", metavar="DATA", default=None, help="choose weights on DATA's val split"
+    )
+    ens.add_argument("--data-root", default=None)
+    ens.add_argument("--eval-limit", type=int, default=None, help="fit on N validation images")
+    ens.add_argument("--batch-size", type=int, default=256)
+    ens.add_argument("--device", default="auto")
+    ens.add_argument("--workers", type=int, default=None)
+
+    comp = sub.add_parser(
+        "compare", help="train each --backbone alone and fused; print accuracy, speed, size"
+    )
+    add_train_options(comp)
+    comp.add_argument("--test-limit", type=int, default=None, help="score on N test images")
     return parser
 
 
@@ -110,8 +167,14 @@ def run_train(args: argparse.Namespace) -> int:
     options = vars(args).copy()
     options.pop("command")
     config_path = options.pop("config", None)
+    resume = options.pop("resume", None)
     values = read_config_file(config_path) if config_path else {}
     values.update({k: v for k, v in options.items() if v is not None or k not in values})
+    if resume:
+        values = {k: v for k, v in values.items() if v is not None}
+        model = tlearn.train(resume=resume, **values)
+        print(f"done: best model {model.run_dir / 'best.safetensors'}")
+        return 0
     if not values.get("data"):
         raise TlearnError(
             "no dataset given: `tlearn train DATA` (a folder, a CSV, or fashion-mnist)"
@@ -134,6 +197,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
         workers=args.workers,
+        tta=args.tta,
     )
     print(report.to_json() if args.json else report.summary())
     return 0
@@ -143,7 +207,9 @@ def run_predict(args: argparse.Namespace) -> int:
     import tlearn
 
     model = tlearn.load(args.model)
-    predictions = model.predict(args.paths, topk=args.topk, batch_size=args.batch_size)
+    predictions = model.predict(
+        args.paths, topk=args.topk, batch_size=args.batch_size, tta=args.tta
+    )
     if args.json:
         for p in predictions:
             print(json.dumps(p.to_dict()))
@@ -160,6 +226,26 @@ def run_predict(args: argparse.Namespace) -> int:
                 f"{lab} {prob:.3f}" for lab, prob in zip(p.labels, p.probabilities, strict=True)
             )
             print(f"{p.path:<{width}}  {tops}")
+    return 0
+
+
+def run_lr_find(args: argparse.Namespace) -> int:
+    import tlearn.api
+
+    options = vars(args).copy()
+    options.pop("command")
+    config_path = options.pop("config", None)
+    sweep = {k: options.pop(k) for k in ("steps", "start_lr", "end_lr")}
+    if sweep["steps"] < 10 or not 0 < sweep["start_lr"] < sweep["end_lr"]:
+        raise TlearnError("--steps must be at least 10 and 0 < --start-lr < --end-lr")
+    values = read_config_file(config_path) if config_path else {}
+    values.update(options)
+    if not values.get("data"):
+        raise TlearnError("no dataset given: `tlearn lr-find DATA` (a folder, a CSV, or cifar10)")
+    result = tlearn.api.lr_find(
+        start=sweep["start_lr"], end=sweep["end_lr"], steps=sweep["steps"], **values
+    )
+    print(f"suggested lr: {result.suggestion:.3g}  ({result.method}; plot {result.files[-1]})")
     return 0
 
 
@@ -189,12 +275,51 @@ def run_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_ensemble(args: argparse.Namespace) -> int:
+    from tlearn.ensemble import ensemble
+
+    model = ensemble(
+        args.models,
+        out=args.out,
+        weights=args.weights,
+        fit_weights=args.fit_weights,
+        data_root=args.data_root,
+        eval_limit=args.eval_limit,
+        batch_size=args.batch_size,
+        device=args.device,
+        workers=args.workers,
+    )
+    weights = ", ".join(f"{w:.3f}" for w in model.spec.ensemble["weights"])
+    print(f"done: ensemble of {len(args.models)} models (weights {weights}) in {args.out}")
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from tlearn.compare import compare, format_table
+
+    options = vars(args).copy()
+    options.pop("command")
+    config_path = options.pop("config", None)
+    test_limit = options.pop("test_limit", None)
+    values = read_config_file(config_path) if config_path else {}
+    values.update(options)
+    data = values.pop("data", None)
+    if not data:
+        raise TlearnError("no dataset given: `tlearn compare DATA --backbone A --backbone B`")
+    backbones = values.pop("backbone", None) or []
+    print(format_table(compare(data, backbone=backbones, test_limit=test_limit, **values)))
+    return 0
+
+
 COMMANDS = {
     "train": run_train,
     "evaluate": run_evaluate,
     "predict": run_predict,
+    "lr-find": run_lr_find,
     "backbones": run_backbones,
     "datasets": run_datasets,
+    "ensemble": run_ensemble,
+    "compare": run_compare,
 }
 
 
@@ -216,6 +341,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `tlearn predict ... | head`: the reader left, nothing is wrong
         sys.stderr.close()
         return 0
+    except Interrupted as e:  # SIGINT/SIGTERM during training: a checkpoint was written
+        print(f"tlearn: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("tlearn: interrupted; finished epochs are saved in the run folder", file=sys.stderr)
         return 130

@@ -21,7 +21,11 @@ HEADS = ("linear", "mlp")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "onecycle", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-AUGMENTS = ("none", "flip", "light")
+# The augmentation presets, mildest first (tlearn.data.augment defines what each does).
+AUGMENTS = ("none", "flip", "light", "medium", "strong")
+FUSIONS = ("concat", "sum", "gated")
+MONITORS = ("val_loss", "val_accuracy")
+BALANCES = ("none", "weighted-loss", "sampler")
 
 # Learning rates that work out of the box: a head alone tolerates a high rate, a whole pretrained
 # network needs a low one (or it forgets what ImageNet taught it).
@@ -59,6 +63,12 @@ class TrainConfig:
         "auto",
         "pretrained weights: auto (package, cache or download), none, or a .pth/.safetensors file",
     )
+    fusion: str = opt(
+        "concat",
+        "how several backbones' features are joined: concat, sum (projected to a common width "
+        "and added) or gated (the sum weighted per image by a learned gate)",
+        FUSIONS,
+    )
     head: str = opt("linear", "classifier head on top of the pooled features", HEADS)
     hidden: str = opt("256,128", "hidden layer sizes of the mlp head, comma separated")
     dropout: float = opt(0.5, "dropout between the mlp head's layers")
@@ -66,7 +76,11 @@ class TrainConfig:
         "auto",
         "what trains: linear-probe, freeze:N (first N stages frozen), finetune, gradual, auto",
     )
-    lr: float | None = opt(None, "peak learning rate (default: chosen for the strategy)")
+    lr: float | str | None = opt(
+        None,
+        "peak learning rate, or auto (run the LR finder first and use its suggestion; "
+        "default: chosen for the strategy)",
+    )
     lr_decay: float = opt(
         1.0, "layer-wise rate factor per stage below the head for finetune/gradual (e.g. 0.7)"
     )
@@ -77,9 +91,41 @@ class TrainConfig:
     warmup: float = opt(0.0, "warm-up length in epochs (fractions allowed)")
     label_smoothing: float = opt(0.1, "label smoothing of the cross-entropy loss")
     epochs: int = opt(5, "training epochs")
+    budget: str | None = opt(
+        None,
+        "time budget for the whole run, e.g. 90s, 10m, 2h: --strategy auto then plans image "
+        "size, strategy, epochs and rate to fit it, and no run starts an epoch it cannot finish",
+    )
+    patience: int | None = opt(
+        None, "early stopping: stop after N epochs in which --monitor did not improve"
+    )
+    monitor: str = opt("val_loss", "what --patience watches", MONITORS)
+    ema: float | None = opt(
+        None,
+        "keep an exponential moving average of the weights with this decay (e.g. 0.999); "
+        "it is what is evaluated and saved",
+    )
+    balance: str = opt(
+        "none",
+        "class imbalance: none, weighted-loss (inverse class frequency) or sampler (images "
+        "drawn with those weights each epoch)",
+        BALANCES,
+    )
     batch_size: int = opt(128, "images per step")
     image_size: int | None = opt(None, "input resolution (default: the backbone's own)")
-    augment: str = opt("none", "training augmentation", AUGMENTS)
+    augment: str = opt(
+        "none",
+        "training augmentation: none, flip, light (random resized crops + flips), medium "
+        "(+ TrivialAugmentWide, random erasing), strong (+ RandAugment, mixup, cutmix)",
+        AUGMENTS,
+    )
+    hflip: bool = opt(True, "random horizontal flips when augmenting (off: flips change labels)")
+    mixup: float | None = opt(
+        None, "mixup alpha, 0 = off (default: 0.2 with --augment strong, else off)"
+    )
+    cutmix: float | None = opt(
+        None, "cutmix alpha, 0 = off (default: 1.0 with --augment strong, else off)"
+    )
     val_split: float = opt(0.1, "fraction held out for validation when the data has no val split")
     train_limit: int | None = opt(None, "train on a stratified subset of N images")
     eval_limit: int | None = opt(
@@ -92,7 +138,25 @@ class TrainConfig:
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
     precision: str = opt("auto", "compute precision", PRECISIONS)
     workers: int | None = opt(None, "data-loading processes (default: from the CPU count)")
-    cache: bool = opt(True, "compute frozen-backbone features once and train the head on them")
+    memory_limit: str | None = opt(
+        None, "largest decoded dataset kept in memory, e.g. 4G or 500M (default: half the free RAM)"
+    )
+    cache_dir: str | None = opt(
+        None, "where frozen-backbone features are cached (default: ~/.cache/tlearn/features)"
+    )
+    cache: bool = opt(
+        True, "keep frozen-backbone features on disk for later runs (--no-cache: off)"
+    )
+    checkpoint_every: int = opt(
+        0, "also save a resumable checkpoint every N steps (0: at the end of each epoch only)"
+    )
+    deterministic: bool = opt(
+        False, "bit-identical results for a seed (deterministic kernels, fp32), resumed or not"
+    )
+    strict: bool = opt(False, "stop before training if any image cannot be decoded, listing them")
+    max_image_pixels: int = opt(
+        89_478_485, "skip images with more pixels than this (a decompression-bomb guard)"
+    )
 
     # -- derived views -------------------------------------------------------------------------
 
@@ -110,8 +174,20 @@ class TrainConfig:
         return int(self.strategy.split(":", 1)[1]) if self.strategy_kind == "freeze" else 0
 
     def resolved_lr(self) -> float:
+        """The peak rate; `auto` reads as the default until the LR finder replaces it."""
         kind = "linear-probe" if self.strategy_kind == "auto" else self.strategy_kind
-        return self.lr if self.lr is not None else DEFAULT_LR[(self.optimizer, kind)]
+        if self.lr is None or self.lr == "auto":
+            return DEFAULT_LR[(self.optimizer, kind)]
+        return float(self.lr)
+
+    @property
+    def augments_inputs(self) -> bool:
+        """Whether training images change from epoch to epoch (then features cannot be cached)."""
+        return self.augment != "none" or bool(self.mixup) or bool(self.cutmix)
+
+    @property
+    def memory_limit_bytes(self) -> int | None:
+        return None if self.memory_limit is None else parse_bytes(self.memory_limit)
 
     # -- validation ----------------------------------------------------------------------------
 
@@ -129,6 +205,9 @@ class TrainConfig:
             ("schedule", SCHEDULES),
             ("precision", PRECISIONS),
             ("augment", AUGMENTS),
+            ("fusion", FUSIONS),
+            ("monitor", MONITORS),
+            ("balance", BALANCES),
         ):
             value = getattr(self, name)
             if value not in choices:
@@ -155,8 +234,16 @@ class TrainConfig:
         _check_range("momentum", self.momentum, 0.0, 0.999)
         _check_range("weight_decay", self.weight_decay, 0.0, 1.0)
         _check_range("lr_decay", self.lr_decay, 0.01, 1.0)
-        if self.lr is not None:
+        if isinstance(self.lr, str) and self.lr != "auto":
+            try:
+                self.lr = float(self.lr)
+            except ValueError:
+                raise TlearnError(f"--lr {self.lr!r} must be a number like 1e-3, or auto") from None
+        if self.lr is not None and self.lr != "auto":
             _check_range("lr", self.lr, 1e-8, 10.0)
+        for name in ("mixup", "cutmix"):
+            if getattr(self, name) is not None:
+                _check_range(name, getattr(self, name), 0.0, 10.0)
         if self.image_size is not None:
             _check_range("image_size", self.image_size, 16, 2048)
         for name in ("train_limit", "eval_limit"):
@@ -164,6 +251,16 @@ class TrainConfig:
                 _check_range(name, getattr(self, name), 2, 10**9)
         if self.workers is not None:
             _check_range("workers", self.workers, 0, 64)
+        _check_range("checkpoint_every", self.checkpoint_every, 0, 10**9)
+        if self.budget is not None:
+            parse_duration(self.budget)
+        if self.patience is not None:
+            _check_range("patience", self.patience, 1, 10**6)
+        if self.ema is not None:
+            _check_range("ema", self.ema, 0.0, 0.999999)
+        _check_range("max_image_pixels", self.max_image_pixels, 1, 10**12)
+        if self.memory_limit is not None:
+            parse_bytes(self.memory_limit)
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
             raise TlearnError(f"--device {self.device!r} must be auto, cpu, cuda or cuda:N")
         return self
@@ -222,6 +319,31 @@ def default_of(f: Any) -> Any:
     if f.default is not MISSING:
         return f.default
     return f.default_factory()  # type: ignore[misc]
+
+
+def parse_bytes(text: str | int) -> int:
+    """`4G`, `500M`, `1.5GB` or a plain number of bytes."""
+    match = re.fullmatch(r"\s*([\d.]+)\s*([kmgt]?)i?b?\s*", str(text).lower())
+    if not match:
+        raise TlearnError(f"--memory-limit {text!r} must be a size like 4G, 500M or 2000000000")
+    scale = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[match.group(2)]
+    return int(float(match.group(1)) * scale)
+
+
+def parse_duration(text: str | int | float) -> float:
+    """`90s`, `10m`, `2h`, `1h30m` or a plain number of seconds, in seconds."""
+    value = str(text).strip().lower()
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms]?)", value)
+    if not value or not re.fullmatch(r"(\s*\d+(\.\d+)?\s*[hms]?)+", value):
+        parts = []
+    if len(parts) > 1 and any(not unit for _, unit in parts):
+        parts = []
+    seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1, "": 1}[unit] for n, unit in parts)
+    if not parts or seconds <= 0:
+        raise TlearnError(
+            f"--budget {text!r} must be a duration like 90s, 10m, 2h or 1h30m"
+        )
+    return seconds
 
 
 def _check_range(name: str, value: Any, lo: float, hi: float) -> None:

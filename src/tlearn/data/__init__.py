@@ -1,11 +1,21 @@
 """Datasets for tlearn: specs to sources, robust decoding, splits and transforms."""
 
+from tlearn.data.augment import AUGMENTATIONS, BatchMixer, MixedLoader, Recipe, preset
 from tlearn.data.builtin import (
     BUILTIN_DATASETS,
     builtin_name,
     datasets_cache_dir,
     load_builtin,
     locate_builtin,
+)
+from tlearn.data.decoded import (
+    DecodedImages,
+    DecodedLoader,
+    decoded_bytes,
+    default_memory_limit,
+    fast_image_loader,
+    fits_in_memory,
+    stored_size,
 )
 from tlearn.data.images import IMAGE_EXTENSIONS, find_images, open_image
 from tlearn.data.sources import ArraySource, CsvSource, FolderSource, ImageSource, SubsetSource
@@ -17,7 +27,6 @@ from tlearn.data.splits import (
     stratified_split,
 )
 from tlearn.data.transforms import (
-    AUGMENTATIONS,
     MultiTransform,
     SafeTransformDataset,
     build_transform,
@@ -27,10 +36,16 @@ from tlearn.data.transforms import (
 
 __all__ = [
     "AUGMENTATIONS",
+    "BatchMixer",
+    "MixedLoader",
+    "Recipe",
+    "preset",
     "BUILTIN_DATASETS",
     "IMAGE_EXTENSIONS",
     "ArraySource",
     "CsvSource",
+    "DecodedImages",
+    "DecodedLoader",
     "FolderSource",
     "ImageSource",
     "MultiTransform",
@@ -41,8 +56,12 @@ __all__ = [
     "builtin_name",
     "collate_skip_none",
     "datasets_cache_dir",
+    "decoded_bytes",
+    "default_memory_limit",
+    "fast_image_loader",
     "find_images",
     "find_unreadable",
+    "fits_in_memory",
     "load_builtin",
     "load_eval_source",
     "load_train_splits",
@@ -50,4 +69,5 @@ __all__ = [
     "open_image",
     "stratified_indices",
     "stratified_split",
+    "stored_size",
 ]

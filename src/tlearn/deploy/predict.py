@@ -11,16 +11,22 @@ from tlearn.data import build_transform, find_images, open_image
 from tlearn.errors import TlearnError
 
 
-def predict_paths(model, paths: list[str | Path], topk: int = 5, batch_size: int = 64) -> list:
+def predict_paths(
+    model, paths: list[str | Path], topk: int = 5, batch_size: int = 64, *, tta: bool = False
+) -> list:
     from tlearn.api import Prediction
 
     if topk < 1:
         raise TlearnError(f"--topk {topk} must be at least 1")
     files = find_images(paths)
-    transform = build_transform(model.input_preprocessing, train=False)
+    pre, classifier = model.input_preprocessing, model.classifier.eval()
+    if tta:  # the model then returns log-probabilities: the softmax below gives them back
+        from tlearn.deploy.tta import flips_allowed, with_tta
+
+        classifier, pre = with_tta(classifier, pre, flips=flips_allowed(model.spec.config))
+    transform = build_transform(pre, train=False)
     k = min(topk, len(model.classes))
     results: list[Prediction] = []
-    classifier = model.classifier.eval()
     for start in range(0, len(files), batch_size):
         tensors, kept = [], []
         for path in files[start : start + batch_size]:

@@ -7,16 +7,37 @@ the run's precision, and the head trains on the stored tensors.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
 
 from tlearn.config import TrainConfig
-from tlearn.data import SafeTransformDataset, build_transform, collate_skip_none
+from tlearn.data import (
+    BatchMixer,
+    MixedLoader,
+    SafeTransformDataset,
+    build_transform,
+    collate_skip_none,
+    fast_image_loader,
+    preset,
+)
+from tlearn.data.fingerprint import fingerprint
+from tlearn.errors import TlearnError
 from tlearn.preprocessing import Preprocessing
-from tlearn.training import loop
-from tlearn.training.runtime import default_workers
+from tlearn.training.balance import draw_order
+from tlearn.training.runtime import autocast_factory, default_workers
 
 
 def image_loader(
@@ -27,19 +48,74 @@ def image_loader(
     train: bool,
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
-) -> DataLoader:
-    transform = build_transform(pre, train=train, augment=cfg.augment if train else "none")
+    sampler: Sampler[int] | None = None,
+) -> Iterable:
+    """Batches of `(images in [0, 1], labels, indices)`.
+
+    Data that fits in memory is decoded once to uint8 at the training size and augmented in
+    batches (tens of thousands of images/s); larger data streams through PIL in worker processes.
+    Both yield the same batches, so nothing downstream knows which one ran. `sampler` orders
+    the PIL path (the trainer's resumable `EpochSampler`); the decode-once path draws its order
+    from `generator`. Training batches are mixed (mixup/cutmix: probability targets) when the
+    config asks for it.
+    """
     workers = default_workers() if cfg.workers is None else cfg.workers
-    return DataLoader(
+    augment = cfg.augment if train else "none"
+    loader = fast_image_loader(
+        source,
+        pre,
+        train=train,
+        augment=augment,
+        batch_size=batch_size or cfg.batch_size,
+        generator=generator,
+        memory_limit_bytes=cfg.memory_limit_bytes,
+        workers=workers,
+        hflip=cfg.hflip,
+    )
+    if loader is not None:
+        return _mixed(loader, source, cfg, train, generator)
+    transform = build_transform(pre, train=train, augment=augment, hflip=cfg.hflip)
+    loader = DataLoader(
         SafeTransformDataset(source, transform),
         batch_size=batch_size or cfg.batch_size,
-        shuffle=train,
+        shuffle=train and sampler is None,
+        sampler=sampler,
         generator=generator,
         num_workers=workers,
         persistent_workers=workers > 0 and train,
         collate_fn=collate_skip_none,
         pin_memory=torch.cuda.is_available(),
     )
+    return _mixed(loader, source, cfg, train, generator)
+
+
+def _mixed(loader, source, cfg: TrainConfig, train: bool, generator) -> Iterable:
+    recipe = preset(cfg.augment, hflip=cfg.hflip, mixup=cfg.mixup, cutmix=cfg.cutmix)
+    if not (train and recipe.mixes):
+        return loader
+    mixer = BatchMixer(len(source.classes), recipe.mixup, recipe.cutmix, generator)
+    return MixedLoader(loader, mixer)
+
+
+@dataclass
+class FeatureSet:
+    """Frozen-backbone features of a source, in source order (undecodable images left out).
+
+    Unpacks as `(features, labels)`; `flipped` holds the features of the mirrored images when a
+    flip augmentation was asked for, so the head can still see both orientations.
+    """
+
+    features: torch.Tensor  # [N, F] float32
+    labels: torch.Tensor  # [N] int64
+    flipped: torch.Tensor | None = None
+    # Position in the source of each row (names the undecodable images); None from the cache.
+    indices: torch.Tensor | None = None
+
+    def __iter__(self):
+        return iter((self.features, self.labels))
+
+    def __len__(self) -> int:
+        return len(self.labels)
 
 
 def extract_features(
@@ -48,20 +124,235 @@ def extract_features(
     pre: Preprocessing,
     cfg: TrainConfig,
     device: torch.device,
-    autocast: Callable,
+    precision: str,
     description: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled (fused) backbone features of every decodable image, float32 on the CPU, in order."""
+    *,
+    flip: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> FeatureSet:
+    """Features of every decodable image, served from the on-disk cache when already computed.
+
+    Each backbone has its own cache entry, keyed by its weights (a digest of its tensors), the
+    preprocessing, the precision, the flip flag and a fingerprint of the data, so a stale entry
+    never serves wrong features, and a fusion reuses what single-backbone runs computed.
+    `cfg.cache = False` skips the disk (features are still computed once per run).
+    Returns the backbones' features concatenated in backbone order, as `forward_features` does.
+    """
+    parts = []
+    for i, backbone in enumerate(model.backbones):
+        name = description if len(model.backbones) == 1 else f"{description}[{i}]"
+        parts.append(
+            _backbone_features(backbone, source, pre, cfg, device, precision, name, flip, log)
+        )
+    if len(parts) == 1:
+        return parts[0]
+    if any(not torch.equal(p.labels, parts[0].labels) for p in parts):
+        raise RuntimeError("backbones saw different images")  # decoding is deterministic: a bug
+    return FeatureSet(
+        torch.cat([p.features for p in parts], dim=1),
+        parts[0].labels,
+        torch.cat([p.flipped for p in parts], dim=1) if flip else None,
+    )
+
+
+def _backbone_features(backbone, source, pre, cfg, device, precision, description, flip, log):
+    key = None
+    if cfg.cache:
+        key = feature_key(backbone, source, pre, precision, flip)
+        hit = load_cached(cache_root(cfg), key)
+        if hit is not None:
+            if log:
+                log(f"{description}: {len(hit)} cached features reused ({key[:12]})")
+            return hit
+    result = compute_features(backbone, source, pre, cfg, device, precision, description, flip=flip)
+    if key is not None:
+        try:
+            store_cached(cache_root(cfg), key, result)
+        except OSError as e:  # a full or read-only cache costs speed next time, nothing else
+            if log:
+                log(f"feature cache not written ({e.strerror}); the run goes on without it")
+    return result
+
+
+def compute_features(
+    backbone: torch.nn.Module,
+    source,
+    pre: Preprocessing,
+    cfg: TrainConfig,
+    device: torch.device,
+    precision: str,
+    description: str,
+    *,
+    flip: bool = False,
+) -> FeatureSet:
     loader = image_loader(source, pre, cfg, train=False, batch_size=max(cfg.batch_size, 256))
+    extractor, dtype, autocast = inference_backbone(backbone, device, precision)
+    feats, flips, labels, indices = [], [], [], []
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc=description, leave=False, disable=None, unit="batch"):
+            if batch is None:
+                continue
+            x = batch[0].to(device, dtype, non_blocking=True)
+            x = x.contiguous(memory_format=torch.channels_last)
+            with autocast():
+                feats.append(extractor(x).float().cpu())
+                if flip:
+                    flips.append(extractor(torch.flip(x, dims=[3])).float().cpu())
+            labels.append(batch[1].cpu())
+            indices.append(torch.as_tensor(batch[2]))
+    if not feats:
+        raise TlearnError(f"no image of {source.name} could be decoded: check the files")
+    order = torch.argsort(torch.cat(indices))
+    return FeatureSet(
+        torch.cat(feats)[order].contiguous(),
+        torch.cat(labels)[order].long().contiguous(),
+        torch.cat(flips)[order].contiguous() if flip else None,
+        torch.cat(indices)[order].contiguous(),
+    )
 
-    class _Features(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.inner = model
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.inner.forward_features(x)
+def inference_backbone(
+    backbone: torch.nn.Module, device: torch.device, precision: str
+) -> tuple[torch.nn.Module, torch.dtype, Callable]:
+    """A frozen backbone in the form that runs fastest for `precision`, returning flat features.
 
-    pred = loop.predict_all(_Features(), loader, device, autocast, description)
-    order = torch.argsort(pred.indices)
-    return pred.logits[order].contiguous(), pred.labels[order].contiguous()
+    On a CPU, bf16 autocast re-casts every weight at every call, which for small images costs
+    more than the convolutions; a bf16 copy of the frozen backbone casts them once. (The copy
+    serves extraction only: the model file keeps the exact fp32 weights.) GPUs use autocast.
+    """
+    flat = torch.nn.Sequential(backbone, torch.nn.Flatten(1))
+    if precision == "bf16" and device.type == "cpu":
+        copy = copy_module(flat).to(device=device, dtype=torch.bfloat16)
+        return copy.eval(), torch.bfloat16, contextlib.nullcontext
+    return flat.to(device).eval(), torch.float32, autocast_factory(device, precision)
+
+
+def copy_module(module: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(module)
+
+
+# -- the on-disk cache ----------------------------------------------------------------------------
+
+CACHE_FORMAT = 1
+
+
+def cache_root(cfg: TrainConfig) -> Path:
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir)
+    env = os.environ.get("TLEARN_CACHE_DIR")
+    return Path(env) / "features" if env else Path.home() / ".cache" / "tlearn" / "features"
+
+
+def weights_digest(backbone: torch.nn.Module) -> str:
+    """What a backbone computes: its architecture (module type), input handling, every tensor."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(type(backbone.body).__name__.encode())
+    for name, tensor in backbone.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
+    norm = (backbone.mean.flatten().tolist(), backbone.std.flatten().tolist())
+    h.update(repr((norm, backbone.input_size)).encode())
+    return h.hexdigest()
+
+
+def feature_key(backbone, source, pre: Preprocessing, precision: str, flip: bool) -> str:
+    parts = {
+        "format": CACHE_FORMAT,
+        "weights": weights_digest(backbone),
+        "input": pre.to_dict(),
+        "precision": precision,
+        "flip": flip,
+        "data": fingerprint(source),
+        "torch": torch.__version__.split("+")[0],
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def load_cached(root: Path, key: str) -> FeatureSet | None:
+    folder = root / key
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        if meta.get("format") != CACHE_FORMAT:
+            return None
+        features = _load_array(folder / "features.npy")
+        labels = torch.from_numpy(np.load(folder / "labels.npy"))
+        flipped = _load_array(folder / "flipped.npy") if meta.get("flip") else None
+    except (OSError, ValueError, json.JSONDecodeError):
+        return None  # absent or damaged: recompute
+    if len(features) != len(labels) or len(labels) != meta.get("n"):
+        return None
+    return FeatureSet(features, labels, flipped)
+
+
+def store_cached(root: Path, key: str, result: FeatureSet) -> None:
+    """Write into a temporary folder, then rename it: readers see a whole entry or none."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / key
+    if final.exists():
+        return
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key[:12]}.", dir=root))
+    try:
+        np.save(tmp / "features.npy", result.features.numpy())
+        np.save(tmp / "labels.npy", result.labels.numpy())
+        if result.flipped is not None:
+            np.save(tmp / "flipped.npy", result.flipped.numpy())
+        meta = {"format": CACHE_FORMAT, "n": len(result), "flip": result.flipped is not None}
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        os.replace(tmp, final)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not final.exists():
+            raise
+
+
+def _load_array(path: Path) -> torch.Tensor:
+    """Small arrays are read into memory; large ones stay memory-mapped (read as they are used)."""
+    mapped = np.load(path, mmap_mode="r")
+    if mapped.nbytes <= 2 * 2**30:
+        return torch.from_numpy(np.array(mapped))
+    return torch.from_numpy(mapped)  # read-only view; training only reads it
+
+
+class FeatureLoader:
+    """Batches of cached features by index slicing, far faster than a per-item DataLoader.
+
+    With flipped features present, each sample is served mirrored or not at random, per epoch:
+    the flip augmentation at the cost of a gather.
+    """
+
+    def __init__(
+        self,
+        features: FeatureSet,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self.data = features
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.generator = generator
+        self.dataset = features  # len(dataset) = items per epoch, as the loop expects
+        self.sample_weights: torch.Tensor | None = None  # `--balance sampler`: weighted draws
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.data) / self.batch_size)
+
+    def __iter__(self):
+        n = len(self.data)
+        order = (
+            draw_order(n, self.generator, self.sample_weights) if self.shuffle else torch.arange(n)
+        )
+        mirror = None
+        if self.shuffle and self.data.flipped is not None:
+            mirror = torch.rand(n, generator=self.generator) < 0.5
+        for start in range(0, n, self.batch_size):
+            idx = order[start : start + self.batch_size]
+            x = self.data.features[idx]
+            if mirror is not None:
+                m = mirror[idx]
+                x = torch.where(m[:, None], self.data.flipped[idx], x)
+            yield x, self.data.labels[idx], idx

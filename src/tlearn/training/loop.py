@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,6 +29,28 @@ class EpochStats:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
+class NonFiniteLoss(FloatingPointError):
+    """The loss (or the weights) stopped being finite: the caller decides whether to retry."""
+
+    def __init__(self, value: float, step: int):
+        super().__init__(f"loss became {value} at step {step + 1}")
+        self.value, self.step = value, step
+
+
+@dataclass
+class EpochProgress:
+    """What an epoch has done so far: carried across a resume, so its metrics come out the same.
+
+    `step` counts batch positions (undecodable batches too), which makes it the index of the next
+    batch in the epoch's order.
+    """
+
+    step: int = 0
+    loss_sum: float = 0.0
+    seen: int = 0
+    unused: int = 0  # lone images batch-norm cannot train on (see `train_one_epoch`)
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: Iterable,
@@ -38,34 +61,61 @@ def train_one_epoch(
     autocast: Callable[[], AbstractContextManager],
     set_train_mode: Callable[[], None],
     description: str = "train",
+    *,
+    progress: EpochProgress | None = None,
+    after_step: Callable[[Any, EpochProgress], None] | None = None,
 ) -> EpochStats:
+    """Train over `loader`; `progress` continues an epoch begun earlier (and is updated in place).
+
+    `after_step(batch, progress)` runs after every batch position, None batches included: the
+    trainer checkpoints, counts skipped files and honours stop requests there. A non-finite loss
+    raises `NonFiniteLoss` before the optimizer can apply it.
+    """
+    progress = progress if progress is not None else EpochProgress()
     set_train_mode()
+    batchnorm_trains = any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules()
+    )
     start = time.perf_counter()
-    total_loss, seen = 0.0, 0
+    seen_here = 0
     bar = tqdm(loader, desc=description, leave=False, disable=None, unit="batch")
     for batch in bar:
-        if batch is None:
-            continue
-        inputs, labels = batch[0].to(device, non_blocking=True), batch[1].to(device)
-        if inputs.ndim == 4:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        with autocast():
-            loss = loss_fn(model(inputs).float(), labels)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        total_loss += loss.item() * len(labels)
-        seen += len(labels)
-        bar.set_postfix(loss=f"{total_loss / max(1, seen):.4f}")
+        if batch is not None and batchnorm_trains and len(batch[1]) < 2:
+            # Batch-norm cannot normalise one image (a last batch of one, or the one decodable
+            # image of a batch): leave it out of this step rather than crash the run.
+            progress.unused += len(batch[1])
+        elif batch is not None:
+            inputs, labels = batch[0].to(device, non_blocking=True), batch[1].to(device)
+            if inputs.ndim == 4:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            with autocast():
+                loss = loss_fn(model(inputs).float(), labels)
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(loss.item(), progress.step)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            progress.loss_sum += loss.item() * len(labels)
+            progress.seen += len(labels)
+            seen_here += len(labels)
+            bar.set_postfix(loss=f"{progress.loss_sum / max(1, progress.seen):.4f}")
+        progress.step += 1
+        if after_step is not None:
+            after_step(batch, progress)
     # Images that failed to decode were dropped by the collate function: the shortfall counts them.
     dataset = getattr(loader, "dataset", None)
     skipped = (
-        max(0, len(dataset) - seen) if dataset is not None and hasattr(dataset, "__len__") else 0
+        max(0, len(dataset) - progress.seen - progress.unused)
+        if dataset is not None and hasattr(dataset, "__len__")
+        else 0
     )
-    return EpochStats(total_loss / max(1, seen), seen, time.perf_counter() - start, skipped)
+    return EpochStats(
+        progress.loss_sum / max(1, progress.seen),
+        seen_here,
+        time.perf_counter() - start,
+        skipped,
+    )
 
 
 @dataclass

@@ -24,6 +24,8 @@ class Phase:
 
     epochs: int
     trainable_stages: int  # counted from the top; 0 = head only
+    # With fused backbones of different depths: the count for each backbone (None: the same).
+    per_backbone: tuple[int, ...] | None = None
 
 
 def plan_phases(strategy: str, epochs: int, num_stages: int) -> list[Phase]:
@@ -59,6 +61,29 @@ def plan_phases(strategy: str, epochs: int, num_stages: int) -> list[Phase]:
     raise TlearnError(f"unknown strategy {strategy!r}")
 
 
+def plan_backbone_phases(strategy: str, epochs: int, stage_counts: list[int]) -> list[Phase]:
+    """`plan_phases` for several backbones, each by its own depth.
+
+    `finetune` trains every stage of every backbone, `freeze:N` freezes the first N stages of
+    each, and `gradual` thaws each from the top at its own pace so all are thawed at the same
+    epoch. The per-epoch counts are merged into phases where they do not change.
+    """
+    if len(set(stage_counts)) <= 1:
+        return plan_phases(strategy, epochs, stage_counts[0] if stage_counts else 0)
+    per_epoch = []
+    for n in stage_counts:
+        plan = plan_phases(strategy, epochs, n)
+        per_epoch.append([p.trainable_stages for p in plan for _ in range(p.epochs)])
+    phases: list[Phase] = []
+    for counts in zip(*per_epoch, strict=True):
+        if phases and phases[-1].per_backbone == counts:
+            last = phases[-1]
+            phases[-1] = Phase(last.epochs + 1, last.trainable_stages, counts)
+        else:
+            phases.append(Phase(1, max(counts), counts))
+    return phases
+
+
 def apply_phase(
     head: nn.Module,
     backbone_stages: list[list[list[nn.Parameter]]],
@@ -74,11 +99,12 @@ def apply_phase(
     """
     groups: list[dict] = []
     groups += _decay_split(list(head.parameters()), lr, weight_decay)
-    for stages in backbone_stages:
+    for which, stages in enumerate(backbone_stages):
         n = len(stages)
+        limit = phase.per_backbone[which] if phase.per_backbone else phase.trainable_stages
         for index, params in enumerate(stages):
             depth_from_top = n - index  # 1 for the last stage
-            trains = depth_from_top <= phase.trainable_stages
+            trains = depth_from_top <= limit
             for p in params:
                 p.requires_grad_(trains)
             if trains:
