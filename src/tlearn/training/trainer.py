@@ -6,42 +6,63 @@ spec -> splits -> backbones + head -> strategy phases -> (cached features | imag
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from tlearn.checkpoint import ModelSpec, save_model
-from tlearn.config import TrainConfig
-from tlearn.data import Splits, load_train_splits
+from tlearn.config import TrainConfig, parse_duration
+from tlearn.data import Splits, find_unreadable, load_train_splits
+from tlearn.data.images import max_image_pixels
 from tlearn.errors import TlearnError
 from tlearn.files import atomic_write_text
-from tlearn.models import Backbone, Classifier, build_head, create_backbone
+from tlearn.models import Backbone, Classifier, build_fusion, build_head, create_backbone
 from tlearn.models.normalize import NormalizedBackbone
 from tlearn.preprocessing import Preprocessing, model_input
 from tlearn.training import loop
-from tlearn.training.features import extract_features, image_loader
+from tlearn.training.balance import class_weights, per_class_recall, sample_weights
+from tlearn.training.ema import WeightAverage
+from tlearn.training.features import FeatureLoader, extract_features, image_loader
+from tlearn.training.interrupt import Interrupted, StopRequests
+from tlearn.training.order import EpochBatches, EpochSampler, batches_per_epoch
 from tlearn.training.runtime import (
     autocast_factory,
+    deterministic_algorithms,
+    flush_denormals,
     pick_device,
     pick_precision,
+    probe_training_precision,
     seed_everything,
 )
 from tlearn.training.schedule import build_scheduler
+from tlearn.training.state import (
+    RESUME_MAY_CHANGE,
+    STATE_NAME,
+    Position,
+    capture,
+    load_state,
+    remove_stale_temporaries,
+    restore,
+    save_state,
+)
+from tlearn.training.stopping import EarlyStopping
 from tlearn.training.strategies import (
     GRADUAL_DEFAULT_DECAY,
     Phase,
     apply_phase,
     build_optimizer,
     freeze_batchnorm_of_frozen,
-    plan_phases,
+    plan_backbone_phases,
     trainable_parameter_count,
 )
 
@@ -56,15 +77,16 @@ class RunResult:
 
 
 def build_classifier(backbones: list[Backbone], num_classes: int, cfg: TrainConfig) -> Classifier:
+    fusion = build_fusion(cfg.fusion, [b.num_features for b in backbones])
     head = build_head(
         cfg.head,
-        sum(b.num_features for b in backbones),
+        fusion.out_features,
         num_classes,
         hidden=cfg.hidden_sizes,
         dropout=cfg.dropout,
     )
     wrapped = [NormalizedBackbone(b.module, b.preprocessing) for b in backbones]
-    return Classifier(wrapped, head)
+    return Classifier(wrapped, head, fusion)
 
 
 def backbone_records(backbones: list[Backbone]) -> list[dict]:
@@ -106,20 +128,58 @@ def default_eval_limit(cfg: TrainConfig) -> int | None:
     return max(2, round(cfg.train_limit * cfg.val_split / (1 - cfg.val_split)))
 
 
-def resolve_strategy(cfg: TrainConfig, n_train: int, log: Log) -> str:
-    """`auto` until the budget planner exists: frozen backbone for small data, else gradual."""
+def resolve_strategy(
+    cfg: TrainConfig,
+    splits: Splits,
+    device: torch.device,
+    precision: str,
+    run_dir: Path,
+    started: float,
+    log: Log,
+) -> str:
+    """`auto`: with `--budget`, the planner's choice (it also sets size, epochs, rate and
+    schedule in `cfg`, recorded in plan.json); without one, frozen backbone for small data,
+    else gradual unfreezing.
+    """
     if cfg.strategy != "auto":
         return cfg.strategy
+    if cfg.budget is not None:
+        from tlearn.training.planner import apply_plan, plan_run, save_plan
+
+        plan = plan_run(cfg, splits, device, precision, started, log)
+        apply_plan(cfg, plan)
+        save_plan(run_dir, plan, cfg)
+        seed_everything(cfg.seed)  # the probe drew random numbers: start as a planned rerun would
+        return cfg.strategy
+    n_train = len(splits.train)
     choice = "linear-probe" if n_train < 2000 else "gradual"
     log(f"strategy auto -> {choice} ({n_train} training images)")
     return choice
 
 
-def fit(cfg: TrainConfig, log: Log = print) -> RunResult:
+def fit(cfg: TrainConfig, log: Log = print, *, resume: bool = False) -> RunResult:
+    """Train as `cfg` says; with `resume`, continue the run in `cfg.out` from its `state.pt`.
+
+    SIGINT/SIGTERM finish the current step, save, and raise `Interrupted` (the CLI exits 130/143
+    saying how to resume). The pixel limit and deterministic kernels hold for the run only.
+    """
     cfg.validate()
+    with (
+        max_image_pixels(cfg.max_image_pixels),
+        deterministic_algorithms(cfg.deterministic),
+        flush_denormals(),
+        StopRequests() as stop,
+    ):
+        return _fit(cfg, log, resume, stop)
+
+
+def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunResult:
+    started = time.perf_counter()  # `--budget` counts from here
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
-    precision = pick_precision(device, cfg.precision)
+    if cfg.deterministic and cfg.precision not in ("auto", "fp32"):
+        raise TlearnError(f"--deterministic computes in fp32: drop --precision {cfg.precision}")
+    precision = "fp32" if cfg.deterministic else pick_precision(device, cfg.precision)
     autocast = autocast_factory(device, precision)
 
     splits = load_train_splits(
@@ -130,23 +190,55 @@ def fit(cfg: TrainConfig, log: Log = print) -> RunResult:
         train_limit=cfg.train_limit,
         eval_limit=default_eval_limit(cfg),
     )
+    if cfg.strict:
+        refuse_unreadable(splits, log)
     run_dir = prepare_run_dir(cfg.out, cfg.data)
     cfg.out = str(run_dir)
-    strategy = resolve_strategy(cfg, len(splits.train), log)
+    state = starting_state(run_dir, resume, log)
+    strategy = resolve_strategy(cfg, splits, device, precision, run_dir, started, log)
     if len(cfg.backbone) > 1 and cfg.weights not in ("auto", "none"):
         raise TlearnError(
             "--weights FILE fits one backbone: give one --backbone, or --weights auto"
         )
+    if cfg.lr == "auto":  # the LR finder's suggestion becomes the run's rate (and its config's)
+        from tlearn.training.lr_find import find_for_run
+
+        cfg.lr = find_for_run(cfg, splits, strategy, device, precision, run_dir, log).suggestion
+        seed_everything(cfg.seed)  # train exactly as a run given this rate would
     backbones = [create_backbone(n, cfg.weights, cfg.image_size) for n in cfg.backbone]
     model = build_classifier(backbones, len(splits.classes), cfg).to(device)
     model = model.to(memory_format=torch.channels_last)
     stages = [b.stages() for b in backbones]
-    phases = plan_phases(strategy, cfg.epochs, min(len(s) for s in stages))
+    phases = plan_backbone_phases(strategy, cfg.epochs, [len(s) for s in stages])
     data_pre = model_input([b.preprocessing for b in backbones])
 
-    resolved = TrainConfig.from_dict(
-        {**cfg.to_dict(), "strategy": strategy, "out": str(run_dir), "lr": cfg.resolved_lr()}
+    # A frozen backbone's features never change: compute them once (flips included) and train
+    # only the head on them. Any other augmentation changes the pixels, so it needs the images.
+    use_features = (
+        all(p.trainable_stages == 0 for p in phases)
+        and cfg.augment in ("none", "flip")
+        and not (cfg.mixup or cfg.cutmix)  # mixed images are new images
     )
+    if not use_features and cfg.precision == "auto" and not cfg.deterministic:
+        probe_key = f"{'+'.join(cfg.backbone)}@{data_pre.input_size}"
+        chosen = probe_training_precision(
+            model, data_pre.input_size, device, precision, remember_as=probe_key
+        )
+        if chosen != precision:
+            log(f"training precision {chosen}: measured faster than {precision} for this network")
+            precision, autocast = chosen, autocast_factory(device, chosen)
+    # what was decided stays decided: a resume or a rerun of config.yaml computes the same way
+    resolved = TrainConfig.from_dict(
+        {
+            **cfg.to_dict(),
+            "strategy": strategy,
+            "out": str(run_dir),
+            "lr": cfg.resolved_lr(),
+            "precision": precision,
+        }
+    )
+    if state is not None:
+        check_state_matches(state, resolved, len(splits.train), run_dir)
     resolved.save_yaml(run_dir / "config.yaml")
     log(
         f"data {cfg.data}: {len(splits.train)} train, {len(splits.val) if splits.val else 0} val, "
@@ -157,28 +249,97 @@ def fit(cfg: TrainConfig, log: Log = print) -> RunResult:
             f"backbone {b.name} ({b.library}, {b.num_features} features, "
             f"{b.preprocessing.input_size}px, weights {b.weights_source})"
         )
-    log(f"strategy {strategy}, head {cfg.head}, device {device}, precision {precision}")
+    fused = f", fusion {cfg.fusion}" if len(backbones) > 1 else ""
+    log(f"strategy {strategy}, head {cfg.head}{fused}, device {device}, precision {precision}")
     log(f"run folder {run_dir}")
 
     spec = ModelSpec(
         classes=list(splits.classes),
         backbones=backbone_records(backbones),
         head={"kind": cfg.head, "hidden": list(cfg.hidden_sizes), "dropout": cfg.dropout},
+        fusion=cfg.fusion,
         config=resolved.to_dict(),
     )
-    use_features = (
-        cfg.cache and all(p.trainable_stages == 0 for p in phases) and cfg.augment == "none"
-    )
-    trainer = _Epochs(cfg, model, spec, splits, run_dir, device, autocast, log)
+    trainer = _Epochs(cfg, model, spec, splits, run_dir, device, autocast, log, stop, state)
+    trainer.setup_s = time.perf_counter() - started
     if use_features:
         trainer.run_on_features(data_pre, precision)
     else:
         trainer.run_on_images(phases, stages, data_pre)
+    trainer.keep_average()
+    trainer.finish()
     return RunResult(model.cpu(), spec, run_dir)
 
 
+# -- resume and hostile data, before any training -------------------------------------------------
+
+
+def starting_state(run_dir: Path, resume: bool, log: Log) -> dict | None:
+    """The state a resumed run continues from; a fresh run refuses to bury an unfinished one."""
+    path = run_dir / STATE_NAME
+    if not resume:
+        if path.is_file() and not Position.from_dict(load_state(path)["position"]).finished:
+            raise TlearnError(
+                f"{run_dir} holds an unfinished run: continue it with "
+                f"`tlearn train --resume {run_dir}`, or choose another --out"
+            )
+        return None
+    remove_stale_temporaries(run_dir)
+    if not path.is_file():
+        log(f"{run_dir} has no checkpoint yet: the run starts from its beginning")
+        return None
+    state = load_state(path)
+    pos = Position.from_dict(state["position"])
+    where = "finished" if pos.finished else f"at epoch {pos.epoch + 1}, step {pos.step}"
+    log(f"resuming {run_dir} {where}")
+    return state
+
+
+def check_state_matches(state: dict, resolved: TrainConfig, n_train: int, run_dir: Path) -> None:
+    """A state only continues the computation it came from: same options, same data."""
+    ignore = RESUME_MAY_CHANGE | {"out"}
+    then = {k: v for k, v in state.get("config", {}).items() if k not in ignore}
+    now = {k: v for k, v in resolved.to_dict().items() if k not in ignore}
+    changed = sorted(k for k in then.keys() | now.keys() if then.get(k) != now.get(k))
+    if changed:
+        raise TlearnError(
+            f"{run_dir}/{STATE_NAME} was saved with other options than its config.yaml "
+            f"(--{changed[0].replace('_', '-')}): restore config.yaml or start a new run"
+        )
+    if state.get("n_train") != n_train:
+        raise TlearnError(
+            f"the training data changed since {run_dir} started ({state.get('n_train')} images "
+            f"then, {n_train} now): resume with the same data, or start a new run"
+        )
+
+
+def refuse_unreadable(splits: Splits, log: Log) -> None:
+    """`--strict`: decode every file first and stop, listing each one that fails."""
+    bad = []
+    for source in (splits.train, splits.val):
+        if source is not None:
+            bad += [printable(source.describe(i)) for i in find_unreadable(source)]
+    if bad:
+        for name in bad:
+            log(f"unreadable: {name}")
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise TlearnError(
+            f"{len(bad)} image(s) cannot be decoded ({shown}): fix or remove them, or drop "
+            "--strict to skip them"
+        )
+
+
+def printable(text: str) -> str:
+    """File names that are not valid UTF-8 (surrogate escapes) shown with backslashes, not crash."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class _Epochs:
-    """The epoch loop shared by the cached-feature and whole-image paths, and its bookkeeping."""
+    """The epoch loop shared by the cached-feature and whole-image paths, and its bookkeeping.
+
+    Where the run is lives in `self.position` (phase, finished epochs, step in the open epoch);
+    every checkpoint writes it with the tensors, optimizer, scheduler and RNGs to `state.pt`.
+    """
 
     def __init__(
         self,
@@ -190,15 +351,45 @@ class _Epochs:
         device: torch.device,
         autocast: Callable,
         log: Log,
+        stop: StopRequests,
+        state: dict | None,
     ) -> None:
         self.cfg, self.model, self.spec, self.splits = cfg, model, spec, splits
         self.run_dir, self.device, self.autocast, self.log = run_dir, device, autocast, log
-        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        self.rows: list[dict] = []
-        self.best_accuracy = -1.0
-        self.epoch = 0
-        self.started = time.perf_counter()
+        self.stop = stop
+        weight = None
+        if cfg.balance == "weighted-loss":
+            weight = class_weights(splits.train.targets, len(splits.classes))
+            self.log("class weights (inverse frequency): " + ", ".join(
+                f"{c} {w:.2f}" for c, w in zip(splits.classes, weight.tolist(), strict=True)
+            ))  # fmt: skip
+        self.loss_fn = nn.CrossEntropyLoss(
+            weight=None if weight is None else weight.to(device),
+            label_smoothing=cfg.label_smoothing,
+        )
         self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.started = time.perf_counter()
+        self.pending = state  # a resumed run's state, applied when its phase is rebuilt
+        state = state or {}
+        self.position = Position.from_dict(state.get("position", {}))
+        self.rows: list[dict] = list(state.get("rows", []))
+        self.best_score: float = state.get("best_score", -math.inf)
+        self.lr_scale: float = state.get("lr_scale", 1.0)
+        self.nan_retries: int = state.get("nan_retries", 0)
+        self.elapsed_before: float = state.get("elapsed", 0.0)
+        self.skipped: dict[str, dict[int, str]] = state.get("skipped", {"train": {}, "val": {}})
+        self.shortfall = {"train": 0, "val": 0}  # undecodable images that could not be named
+        self.failed_saves: set[str] = set()
+        self.setup_s = 0.0  # time before the epochs began (loading, planning), for --budget
+        self.budget_s = parse_duration(cfg.budget) if cfg.budget else None
+        self.epoch_started = time.perf_counter()
+        self.ema: WeightAverage | None = None
+        self.ema_module: nn.Module | None = None
+        self.early = EarlyStopping(cfg.patience, cfg.monitor)
+        if state.get("early"):
+            self.early.load_state_dict(state["early"])
+        if state.get("metrics"):
+            spec.metrics = dict(state["metrics"])
 
     # -- the two paths ---------------------------------------------------------------------
 
@@ -206,60 +397,61 @@ class _Epochs:
         """Frozen backbone: compute features once, then train only the head on them."""
         cfg = self.cfg
         self.log(f"computing frozen features once ({precision}); the head then trains on them")
-        train_x, train_y = extract_features(
-            self.model, self.splits.train, pre, cfg, self.device, self.autocast, "features/train"
-        )
+        train = extract_features(
+            self.model, self.splits.train, pre, cfg, self.device, precision, "features/train",
+            flip=cfg.augment == "flip" and cfg.hflip, log=self.log,
+        )  # fmt: skip
         val = None
         if self.splits.val is not None:
             val = extract_features(
-                self.model, self.splits.val, pre, cfg, self.device, self.autocast, "features/val"
-            )
-        skipped = len(self.splits.train) - len(train_y)
+                self.model, self.splits.val, pre, cfg, self.device, precision, "features/val",
+                log=self.log,
+            )  # fmt: skip
+        skipped = len(self.splits.train) - len(train)
         if skipped:
             self.log(f"skipped {skipped} training images that could not be decoded")
         self.log(f"features ready in {time.perf_counter() - self.started:.1f}s")
-        head = self.model.head
-        loader = DataLoader(
-            TensorDataset(train_x, train_y),
-            batch_size=cfg.batch_size,
-            shuffle=True,
-            generator=self.generator,
-        )
-        val_loader = DataLoader(TensorDataset(*val), batch_size=1024) if val is not None else None
+        head = self.model.top()  # fusion + head: what trains on top of frozen features
+        self.note_features_shortfall("train", self.splits.train, train)
+        self.note_features_shortfall("val", self.splits.val, val)
+        loader = FeatureLoader(train, cfg.batch_size, shuffle=True, generator=self.generator)
+        if cfg.balance == "sampler":
+            loader.sample_weights = sample_weights(train.labels, len(self.splits.classes))
+        val_loader = FeatureLoader(val, 1024, shuffle=False) if val is not None else None
         groups = apply_phase(
             head, [], Phase(cfg.epochs, 0), cfg.resolved_lr(), 1.0, cfg.weight_decay
         )
         for p in self.model.backbones.parameters():
             p.requires_grad_(False)
-        optimizer = build_optimizer(groups, cfg.optimizer, cfg.momentum)
+        optimizer = self.optimizer(groups)
         steps = cfg.epochs * len(loader)
         scheduler = build_scheduler(optimizer, steps, int(cfg.warmup * len(loader)), cfg.schedule)
-        for _ in range(cfg.epochs):
-            stats = loop.train_one_epoch(
-                head,
-                loader,
-                optimizer,
-                scheduler,
-                self.loss_fn,
-                self.device,
-                self.autocast,
-                head.train,
-                f"epoch {self.epoch + 1}/{cfg.epochs}",
-            )
-            pred = (
-                loop.predict_all(head, val_loader, self.device, self.autocast)
-                if val_loader
-                else None
-            )
-            self.end_epoch(stats, pred)
+
+        def evaluate() -> loop.Predictions | None:
+            if val_loader is None:
+                return None
+            return loop.predict_all(head, val_loader, self.device, self.autocast)
+
+        phase = _PhaseRun(0, 0, cfg.epochs, head, optimizer, scheduler, head.train)
+        self.train_phase(phase, loader, evaluate)
+        self.apply_pending(head)
 
     def run_on_images(
         self, phases: list[Phase], stages: list[list[list[nn.Parameter]]], pre: Preprocessing
     ) -> None:
         cfg = self.cfg
+        sampler = EpochSampler(len(self.splits.train), cfg.seed, cfg.batch_size)
         train_loader = image_loader(
-            self.splits.train, pre, cfg, train=True, generator=self.generator
+            self.splits.train, pre, cfg, train=True, generator=self.generator, sampler=sampler
         )
+        if cfg.balance == "sampler":
+            inner = getattr(train_loader, "loader", train_loader)  # inside a mixup wrapper
+            decoded = getattr(inner, "decoded", None)
+            targets = decoded.targets if decoded is not None else self.splits.train.targets
+            weights = sample_weights(targets, len(self.splits.classes))
+            (sampler if decoded is None else inner).sample_weights = weights
+        for i, _ in getattr(train_loader, "skipped", []):  # the decode-once path found them
+            self.note_skipped("train", i)
         val_loader = (
             image_loader(self.splits.val, pre, cfg, train=False)
             if self.splits.val is not None
@@ -268,77 +460,358 @@ class _Epochs:
         decay = cfg.lr_decay
         if cfg.strategy_kind in ("gradual", "auto") and decay >= 1.0:
             decay = GRADUAL_DEFAULT_DECAY
-        for phase in phases:
-            groups = apply_phase(
-                self.model.head, stages, phase, cfg.resolved_lr(), decay, cfg.weight_decay
-            )
-            optimizer = build_optimizer(groups, cfg.optimizer, cfg.momentum)
-            steps = phase.epochs * len(train_loader)
-            warmup = int(min(cfg.warmup, phase.epochs) * len(train_loader))
-            scheduler = build_scheduler(optimizer, steps, warmup, cfg.schedule)
-            self.log(
-                f"phase: {phase.epochs} epoch(s), top {phase.trainable_stages} backbone stage(s) "
-                f"training, {trainable_parameter_count(self.model):,} trainable parameters"
-            )
+        per_epoch = batches_per_epoch(train_loader)
 
-            def set_mode() -> None:
-                self.model.train()
-                freeze_batchnorm_of_frozen(self.model)
+        def set_mode() -> None:
+            self.model.train()
+            freeze_batchnorm_of_frozen(self.model)
 
-            for _ in range(phase.epochs):
+        def evaluate() -> loop.Predictions | None:
+            if val_loader is None:
+                return None
+            pred = loop.predict_all(self.model, val_loader, self.device, self.autocast)
+            for i in sorted(set(range(len(self.splits.val))) - set(pred.indices.tolist())):
+                self.note_skipped("val", i)
+            return pred
+
+        first = 0
+        for index, phase in enumerate(phases):
+            if self.position.epoch < first + phase.epochs and not self.position.finished:
+                groups = apply_phase(
+                    self.model.top(), stages, phase, cfg.resolved_lr(), decay, cfg.weight_decay
+                )
+                optimizer = self.optimizer(groups)
+                steps = phase.epochs * per_epoch
+                warmup = int(min(cfg.warmup, phase.epochs) * per_epoch)
+                scheduler = build_scheduler(optimizer, steps, warmup, cfg.schedule)
+                self.log(
+                    f"phase: {phase.epochs} epoch(s), top {phase.trainable_stages} backbone "
+                    f"stage(s) training, {trainable_parameter_count(self.model):,} trainable "
+                    "parameters"
+                )
+                run = _PhaseRun(
+                    index, first, phase.epochs, self.model, optimizer, scheduler, set_mode
+                )
+                self.train_phase(run, train_loader, evaluate)
+            first += phase.epochs
+        self.apply_pending(self.model)
+
+    # -- the epoch loop --------------------------------------------------------------------
+
+    def train_phase(self, run: _PhaseRun, loader: Any, evaluate: Callable) -> None:
+        """The phase's epochs from where the run stands; a NaN/Inf loss retries an epoch once."""
+        cfg = self.cfg
+        self.apply_pending(run.module, run if self.pending_phase() == run.index else None)
+        self.ensure_average(run.module)
+        while self.position.epoch < run.end and not self.position.finished:
+            self.epoch_started = time.perf_counter()
+            if self.stop.requested:  # a signal during feature extraction or evaluation
+                self.save_state(run)
+                self.interrupted()
+            epoch = self.position.epoch
+            good = self.capture(run)  # the last good state, for a retry
+            pos = self.position
+            progress = loop.EpochProgress(pos.step, pos.loss_sum, pos.seen, pos.unused)
+            batches = EpochBatches(loader, cfg.seed, epoch, progress.step)
+
+            def after_step(
+                batch: Any, progress: loop.EpochProgress, batches: EpochBatches = batches
+            ) -> None:
+                self.after_step(run, batches, batch, progress)
+
+            try:
                 stats = loop.train_one_epoch(
-                    self.model,
-                    train_loader,
-                    optimizer,
-                    scheduler,
+                    run.module,
+                    batches,
+                    run.optimizer,
+                    run.scheduler,
                     self.loss_fn,
                     self.device,
                     self.autocast,
-                    set_mode,
-                    f"epoch {self.epoch + 1}/{cfg.epochs}",
+                    run.set_mode,
+                    f"epoch {epoch + 1}/{cfg.epochs}",
+                    progress=progress,
+                    after_step=after_step,
                 )
-                pred = (
-                    loop.predict_all(self.model, val_loader, self.device, self.autocast)
-                    if val_loader
-                    else None
-                )
-                self.end_epoch(stats, pred)
+                self.check_finite(run.module, progress.step)
+                self.end_epoch(run, stats, evaluate)
+            except loop.NonFiniteLoss as e:
+                self.retry_with_lower_lr(run, good, e)
+        if self.stop.requested:
+            self.interrupted()
+
+    def after_step(
+        self, run: _PhaseRun, batches: EpochBatches, batch: Any, progress: loop.EpochProgress
+    ) -> None:
+        if self.ema is not None and batch is not None:
+            self.ema.update(run.module)
+        k = progress.step - 1
+        expected = batches.expected(k)
+        if expected is not None:  # the PIL path: name the files its workers could not decode
+            got = set(batch[2].tolist()) if batch is not None and len(batch) > 2 else set()
+            for i in expected.tolist():
+                if i not in got:
+                    self.note_skipped("train", i)
+        self.position.step, self.position.loss_sum = progress.step, progress.loss_sum
+        self.position.seen, self.position.unused = progress.seen, progress.unused
+        every = self.cfg.checkpoint_every
+        if self.stop.requested:
+            self.save_state(run)
+            self.interrupted()
+        if every and progress.step % every == 0 and progress.step < batches.start + len(batches):
+            self.save_state(run)
+
+    def retry_with_lower_lr(self, run: _PhaseRun, good: dict, error: loop.NonFiniteLoss) -> None:
+        where = f"epoch {self.position.epoch + 1}, step {error.step + 1}"
+        if self.nan_retries >= 1:
+            raise TlearnError(
+                f"the loss became {error.value} again ({where}) after the learning rate was "
+                f"lowered: the last good checkpoint is kept in {self.run_dir}; lower --lr or "
+                "check the data"
+            )
+        self.nan_retries += 1
+        restore(good, run.module, run.optimizer, run.scheduler)
+        if self.ema is not None and good.get("ema") is not None:
+            self.ema.load_state_dict(good["ema"])
+        self.position = Position.from_dict(good["position"])
+        self.lr_scale *= 0.1
+        scale_learning_rate(run.optimizer, run.scheduler, 0.1)
+        self.log(
+            f"warning: the loss became {error.value} ({where}): back to the last good state, "
+            "learning rate x0.1, retrying the epoch"
+        )
 
     # -- bookkeeping -----------------------------------------------------------------------
 
-    def end_epoch(self, stats: loop.EpochStats, pred: loop.Predictions | None) -> None:
-        self.epoch += 1
+    def end_epoch(self, run: _PhaseRun, stats: loop.EpochStats, evaluate: Callable) -> None:
+        """Evaluate and save (the averaged weights with --ema), then decide whether to go on."""
+        with self.averaged(run.module):
+            row = self.record_epoch(run, stats, evaluate())
+        reason = self.stop_reason(row)
+        if reason and not self.position.finished:
+            self.position.finished = True
+            self.log(f"stopping after epoch {row['epoch']}: {reason}")
+        if not self.failed_saves & {"metrics.csv", "last.safetensors", "best.safetensors"}:
+            self.save_state(run)  # last, and only over whole files: resume redoes a failed epoch
+
+    def stop_reason(self, row: dict) -> str | None:
+        """Early stopping (--patience) or a budget the next epoch would overrun (--budget)."""
+        if self.early.update(row):
+            return (
+                f"{self.cfg.monitor} has not improved for {self.early.patience} epoch(s) "
+                "(--patience)"
+            )
+        if self.budget_s is not None and not self.position.finished:
+            used = self.setup_s + self.elapsed()
+            next_end = used + (time.perf_counter() - self.epoch_started)
+            if next_end > self.budget_s:
+                return (
+                    f"another epoch would end near {next_end:.0f}s, past the "
+                    f"{self.budget_s:.0f}s budget (--budget {self.cfg.budget})"
+                )
+        return None
+
+    def record_epoch(
+        self, run: _PhaseRun, stats: loop.EpochStats, pred: loop.Predictions | None
+    ) -> dict:
+        epoch = self.position.epoch + 1
         val_loss, val_acc = loop.loss_and_accuracy(pred) if pred is not None else (None, None)
-        elapsed = time.perf_counter() - self.started
+        elapsed = self.elapsed()
         row = {
-            "epoch": self.epoch,
+            "epoch": epoch,
             "train_loss": round(stats.loss, 5),
             "val_loss": None if val_loss is None else round(val_loss, 5),
             "val_accuracy": None if val_acc is None else round(val_acc, 5),
             "images_per_s": round(stats.images_per_second, 1),
             "elapsed_s": round(elapsed, 1),
-            "skipped": stats.skipped,
+            "skipped": max(stats.skipped, self.skipped_count("train")),
         }
+        classes = self.spec.classes
+        if pred is not None and len(pred.labels) and (
+            self.cfg.balance != "none" or len(classes) < 20
+        ):
+            recall = per_class_recall(pred.logits, pred.labels, len(classes))
+            for name, r in zip(classes, recall, strict=True):
+                row[f"recall_{name}"] = None if r is None else round(r, 5)
+            self.log("  val recall per class: " + ", ".join(
+                f"{name} {'-' if r is None else f'{r:.3f}'}"
+                for name, r in zip(classes, recall, strict=True)
+            ))  # fmt: skip
         self.rows.append(row)
         val_text = (
             f"val_loss {val_loss:.4f}  val_acc {val_acc:.4f}" if val_acc is not None else "no val"
         )
         self.log(
-            f"epoch {self.epoch}/{self.cfg.epochs}  train_loss {stats.loss:.4f}  {val_text}  "
+            f"epoch {epoch}/{self.cfg.epochs}  train_loss {stats.loss:.4f}  {val_text}  "
             f"{stats.images_per_second:,.0f} img/s  {elapsed:.1f}s"
         )
-        self.write_metrics()
+        self.position = Position(phase=run.index, epoch=epoch, finished=epoch >= self.cfg.epochs)
+        self.try_save("metrics.csv", self.write_metrics)
         self.spec.metrics = {
-            "epoch": self.epoch,
+            "epoch": epoch,
             "val_loss": val_loss,
             "val_accuracy": val_acc,
             "train_loss": stats.loss,
+            "skipped_train": self.skipped_count("train"),
+            "skipped_val": self.skipped_count("val"),
         }
-        save_model(self.run_dir / "last.safetensors", self.model, self.spec)
+        self.try_save("last.safetensors", self.save_model("last.safetensors"))
         score = val_acc if val_acc is not None else -stats.loss
-        if score > self.best_accuracy:
-            self.best_accuracy = score
-            save_model(self.run_dir / "best.safetensors", self.model, self.spec)
+        if score > self.best_score:
+            self.best_score = score
+            self.try_save("best.safetensors", self.save_model("best.safetensors"))
+        return row
+
+    # -- --ema -----------------------------------------------------------------------------
+
+    def ensure_average(self, module: nn.Module) -> None:
+        if self.cfg.ema and self.ema_module is not module:
+            self.ema, self.ema_module = WeightAverage(module, self.cfg.ema), module
+
+    def averaged(self, module: nn.Module) -> Any:
+        if self.ema is None or self.ema_module is not module:
+            return contextlib.nullcontext()
+        return self.ema.swapped_in(module)
+
+    def keep_average(self) -> None:
+        """The averaged weights become the model the run returns (the files already hold them)."""
+        if self.ema is not None and self.ema_module is not None:
+            self.ema.copy_to(self.ema_module)
+
+    def save_model(self, name: str) -> Callable[[], Any]:
+        return lambda: save_model(self.run_dir / name, self.model, self.spec)
+
+    def capture(self, run: _PhaseRun) -> dict:
+        return capture(
+            run.module,
+            run.optimizer,
+            run.scheduler,
+            Position(**{**asdict(self.position), "phase": run.index}),
+            scope="top" if run.module is not self.model else "model",
+            rows=self.rows,
+            best_score=self.best_score,
+            lr_scale=self.lr_scale,
+            nan_retries=self.nan_retries,
+            elapsed=self.elapsed(),
+            skipped=self.skipped,
+            metrics=self.spec.metrics,
+            config=self.spec.config,
+            n_train=len(self.splits.train),
+            ema=None if self.ema is None else self.ema.state_dict(),
+            early=self.early.state_dict(),
+        )
+
+    def save_state(self, run: _PhaseRun) -> None:
+        self.check_finite(run.module, self.position.step)
+        state = self.capture(run)
+        self.try_save(STATE_NAME, lambda: save_state(self.run_dir / STATE_NAME, state))
+
+    def try_save(self, name: str, write: Callable[[], Any]) -> None:
+        """A failed write (disk full, folder gone read-only) keeps the previous file and says so."""
+        try:
+            write()
+        except OSError as e:
+            self.failed_saves.add(name)
+            self.log(
+                f"warning: could not write {self.run_dir / name} ({e.strerror or e}); "
+                "the previous one is kept"
+            )
+        else:
+            self.failed_saves.discard(name)
+
+    def pending_phase(self) -> int | None:
+        return None if self.pending is None else self.pending["position"]["phase"]
+
+    def apply_pending(self, module: nn.Module, run: _PhaseRun | None = None) -> None:
+        """Put a resumed run's tensors and RNGs back (and its optimizer, inside the same phase)."""
+        if self.pending is None:
+            return
+        optimizer, scheduler = (run.optimizer, run.scheduler) if run else (None, None)
+        restore(self.pending, module, optimizer, scheduler)
+        if self.pending.get("ema") is not None:
+            if self.ema is None:  # a finished run resumed: no epoch rebuilt the average
+                self.ema = WeightAverage(module, self.cfg.ema or 0.999)
+                self.ema_module = module
+            self.ema.load_state_dict(self.pending["ema"])
+        self.pending = None
+
+    def optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
+        """A phase's optimizer, at the lowered rate when a NaN retry happened earlier."""
+        for g in groups:
+            g["lr"] *= self.lr_scale
+        return build_optimizer(groups, self.cfg.optimizer, self.cfg.momentum)
+
+    def check_finite(self, module: nn.Module, step: int) -> None:
+        """Weights that overflowed must never reach a checkpoint: treat them as a NaN loss."""
+        if not all(torch.isfinite(p).all() for p in module.parameters() if p.requires_grad):
+            raise loop.NonFiniteLoss(float("nan"), max(0, step - 1))
+
+    def note_skipped(self, split: str, i: int) -> None:
+        """Warn once per file that could not be decoded, with the decoder's reason."""
+        if i in self.skipped[split]:
+            return
+        source = self.splits.train if split == "train" else self.splits.val
+        try:
+            source.load(i)
+            reason = f"{source.describe(i)} failed to decode in a loader process"
+        except TlearnError as e:
+            reason = str(e)
+        self.skipped[split][i] = printable(reason)
+        self.log(f"warning: skipped {self.skipped[split][i]}")
+
+    def skipped_count(self, split: str) -> int:
+        return max(len(self.skipped[split]), self.shortfall[split])
+
+    def note_features_shortfall(self, split: str, source: Any, features: Any) -> None:
+        """Images left out of a feature set: named when it says which rows it kept."""
+        if source is None or features is None:
+            return
+        self.shortfall[split] = len(source) - len(features)
+        kept = getattr(features, "indices", None)
+        if kept is not None:
+            for i in sorted(set(range(len(source))) - set(torch.as_tensor(kept).tolist())):
+                self.note_skipped(split, i)
+
+    def interrupted(self) -> None:
+        pos = self.position
+        saved = (
+            "the last checkpoint could not be written, so resuming repeats some steps"
+            if STATE_NAME in self.failed_saves
+            else f"progress is saved in {self.run_dir}"
+        )
+        raise Interrupted(
+            self.stop.signum or 2,
+            f"stopped by {self.stop.signal_name} at epoch {pos.epoch + 1}, step {pos.step}; "
+            f"{saved}: continue with `tlearn train --resume {self.run_dir}`",
+        )
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.started
+
+    def finish(self) -> None:
+        """The summary of skipped files, and a clear failure if the final files are missing."""
+        n_train, n_val = self.skipped_count("train"), self.skipped_count("val")
+        if n_train or n_val:
+            lines = [f"{split}\t{reason}" for split in ("train", "val")
+                     for _, reason in sorted(self.skipped[split].items())]  # fmt: skip
+            lines += [f"{split}\t{self.skipped_count(split) - len(self.skipped[split])} more, "
+                      "not named (their features came from the feature cache)"
+                      for split in ("train", "val")
+                      if self.skipped_count(split) > len(self.skipped[split])]  # fmt: skip
+            self.try_save(
+                "skipped.txt",
+                lambda: atomic_write_text(self.run_dir / "skipped.txt", "\n".join(lines) + "\n"),
+            )
+            self.log(
+                f"skipped {n_train} training and {n_val} validation image(s) that could not be "
+                f"decoded (listed in {self.run_dir / 'skipped.txt'})"
+            )
+        if self.failed_saves:
+            raise TlearnError(
+                f"could not write {', '.join(sorted(self.failed_saves))} in {self.run_dir} (see "
+                f"the warnings above): free space there and run `tlearn train --resume "
+                f"{self.run_dir}`"
+            )
 
     def write_metrics(self) -> None:
         buffer = io.StringIO()
@@ -346,3 +819,30 @@ class _Epochs:
         writer.writeheader()
         writer.writerows(self.rows)
         atomic_write_text(self.run_dir / "metrics.csv", buffer.getvalue())
+
+
+@dataclass
+class _PhaseRun:
+    """One optimizer's stretch of epochs: `first` to `first + epochs` on `module`."""
+
+    index: int
+    first: int
+    epochs: int
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    set_mode: Callable[[], Any]
+
+    @property
+    def end(self) -> int:
+        return self.first + self.epochs
+
+
+def scale_learning_rate(optimizer: torch.optim.Optimizer, scheduler: Any, factor: float) -> None:
+    """Scale the rates now and for the rest of the schedule (LambdaLR multiplies base_lrs)."""
+    for g in optimizer.param_groups:
+        g["lr"] *= factor
+        if "initial_lr" in g:
+            g["initial_lr"] *= factor
+    if hasattr(scheduler, "base_lrs"):
+        scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]

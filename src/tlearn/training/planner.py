@@ -1,0 +1,378 @@
+"""`--budget` with `--strategy auto`: choose what to train so the run fits the time and scores best.
+
+Two halves. `make_plan` is a pure function of measured numbers (dataset size, machine, images/s
+of the real model at candidate sizes), so its choices are testable without a clock. `plan_run`
+measures those numbers with a probe of a few seconds and prints the plan with its reasons.
+
+The accuracy model behind the choice is deliberately small and calibrated on this project's
+reference measurements (Fashion-MNIST, EfficientNet-Lite0, 64 px, 2-core CPU): fine-tuning the
+whole network gave 90.6 / 92.7 / 93.6% after 1 / 2 / 3 epochs, i.e. an error falling like
+epochs^-0.35; a frozen backbone with a head trained on cached features gave 88-89%, i.e. about
+1.2x the error of one fine-tuning epoch. Resolution helps like size^-0.3 up to the backbone's own
+size. So: fine-tune whenever one whole epoch fits, spend the budget on epochs before pixels, and
+fall back to the frozen-feature probe when not even one epoch fits.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tlearn.config import TrainConfig, parse_duration
+
+Log = Callable[[str], None]
+
+SAFETY = 0.92  # plan to end at 92% of the budget: timings are noisy, the slack absorbs it
+FIXED_OVERHEAD_S = 4.0  # writing model files, building loaders, the end-of-run summary
+EPOCH_OVERHEAD_S = 1.0  # per epoch: saving last/best and state.pt
+MIN_EPOCHS_BEFORE_PIXELS = 3  # epochs bought before a larger image size is worth its cost
+ERROR_EPOCH_EXPONENT = 0.35
+ERROR_SIZE_EXPONENT = 0.3
+PROBE_ERROR_FACTOR = 1.2  # frozen features vs one fine-tuning epoch at the same size
+FINETUNE_LR = 1e-3  # AdamW peak with one-cycle at batch 128 (scaled by sqrt(batch / 128))
+
+
+@dataclass
+class Throughput:
+    """Measured images/s of the real model at one input size."""
+
+    image_size: int
+    train_ips: float  # whole network training (forward + backward + step)
+    infer_ips: float  # inference: feature extraction and validation
+
+
+@dataclass
+class PlanInputs:
+    budget_s: float
+    spent_s: float  # already gone before training starts (loading, probing)
+    n_train: int
+    n_val: int
+    n_classes: int
+    native_size: int | None  # the data's own image size, when known
+    backbone_size: int  # the backbone's own input size
+    cpu_cores: int
+    gpu: bool
+    batch_size: int
+    throughputs: list[Throughput]
+    decode_ips: float  # images/s of decoding the data once
+
+
+@dataclass
+class Plan:
+    strategy: str
+    image_size: int
+    epochs: int
+    lr: float
+    head: str
+    augment: str
+    schedule: str
+    estimated_s: float
+    budget_s: float
+    reasons: list[str] = field(default_factory=list)
+    candidates: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def candidate_sizes(native: int | None, backbone_size: int) -> list[int]:
+    """Sizes worth probing: small data upsampled to a few multiples of 32, large data downsized."""
+    if native is not None and native <= 64:
+        sizes = [64, 96, 128]
+    else:
+        sizes = [96, 128, 160, 192, 224]
+    return sorted({min(s, backbone_size) for s in sizes if s <= max(backbone_size, 64)}) or [64]
+
+
+def expected_error(image_size: int, epochs: float, backbone_size: int, probe: bool) -> float:
+    """Relative test error (1.0 = one fine-tuning epoch at 64 px): only comparisons matter."""
+    size = min(image_size, backbone_size)
+    by_size = (64 / size) ** ERROR_SIZE_EXPONENT
+    if probe:
+        return PROBE_ERROR_FACTOR * by_size
+    return by_size * max(epochs, 1e-9) ** -ERROR_EPOCH_EXPONENT
+
+
+def max_epochs(n_train: int) -> int:
+    """Where more epochs stop paying: about 3 million images seen, 10 to 60 epochs."""
+    return int(min(60, max(10, round(3_000_000 / max(1, n_train)))))
+
+
+def make_plan(inputs: PlanInputs) -> Plan:
+    """The most accurate configuration expected to finish within the budget."""
+    n_all = inputs.n_train + inputs.n_val
+    available = inputs.budget_s * SAFETY - inputs.spent_s - FIXED_OVERHEAD_S
+    decode_s = n_all / max(inputs.decode_ips, 1e-9)
+    reasons = [
+        f"budget {inputs.budget_s:.0f}s: {inputs.spent_s:.0f}s spent loading and probing, "
+        f"{inputs.budget_s * (1 - SAFETY):.0f}s kept as slack, ~{decode_s:.0f}s to decode "
+        f"{n_all} images once",
+    ]
+    available -= decode_s
+    small_data = inputs.n_train / max(1, inputs.n_classes) < 100
+    candidates = []
+    best: tuple[float, dict] | None = None
+    for t in sorted(inputs.throughputs, key=lambda t: t.image_size):
+        train_s = inputs.n_train / t.train_ips
+        eval_s = inputs.n_val / t.infer_ips
+        epoch_s = train_s + eval_s + EPOCH_OVERHEAD_S
+        fits = math.floor(max(0.0, available) / epoch_s)
+        epochs = min(fits, max_epochs(inputs.n_train))
+        probe_s = n_all / t.infer_ips + 2 * EPOCH_OVERHEAD_S
+        row = {
+            "image_size": t.image_size,
+            "train_ips": round(t.train_ips, 1),
+            "infer_ips": round(t.infer_ips, 1),
+            "epoch_s": round(epoch_s, 1),
+            "epochs_that_fit": fits,
+            "probe_s": round(probe_s, 1),
+        }
+        candidates.append(row)
+        if epochs >= 1:
+            err = expected_error(t.image_size, epochs, inputs.backbone_size, probe=False)
+            # a larger size must leave room for enough epochs to be worth its pixels
+            if epochs < MIN_EPOCHS_BEFORE_PIXELS and t.image_size > candidates[0]["image_size"]:
+                err *= 1.5
+            option = {"kind": "finetune", "size": t.image_size, "epochs": epochs, "s": epoch_s}
+        elif probe_s <= available:
+            err = expected_error(t.image_size, 0, inputs.backbone_size, probe=True)
+            option = {"kind": "linear-probe", "size": t.image_size, "epochs": 0, "s": probe_s}
+        else:
+            continue
+        if best is None or err < best[0]:
+            best = (err, option)
+
+    if best is None:  # nothing fits: the cheapest probe, and say so
+        t = min(inputs.throughputs, key=lambda t: t.image_size)
+        best = (0.0, {"kind": "linear-probe", "size": t.image_size, "epochs": 0,
+                      "s": n_all / t.infer_ips})  # fmt: skip
+        reasons.append(
+            "even frozen features at the smallest size exceed the budget: the run will stop "
+            "when the budget is spent"
+        )
+    choice = best[1]
+    size = choice["size"]
+    if choice["kind"] == "linear-probe":
+        head_epochs = 20 if inputs.n_train < 20_000 else 10
+        reasons.append(
+            f"not one fine-tuning epoch fits, so the backbone stays frozen: features computed "
+            f"once at {size}px (~{choice['s']:.0f}s), then an mlp head for {head_epochs} epochs"
+        )
+        return Plan(
+            strategy="linear-probe",
+            image_size=size,
+            epochs=head_epochs,
+            lr=3e-3,
+            head="mlp",
+            augment="none",
+            schedule="cosine",
+            estimated_s=round(inputs.spent_s + decode_s + choice["s"] + FIXED_OVERHEAD_S, 1),
+            budget_s=inputs.budget_s,
+            reasons=reasons,
+            candidates=candidates,
+        )
+    epochs = choice["epochs"]
+    strategy = "gradual" if small_data else "finetune"
+    lr = FINETUNE_LR * math.sqrt(inputs.batch_size / 128)
+    if strategy == "gradual":
+        reasons.append(
+            f"{inputs.n_train / max(1, inputs.n_classes):.0f} images per class is little "
+            "data: the backbone is unfrozen gradually, top stages first"
+        )
+        lr = 1e-3
+    reasons.append(
+        f"{epochs} epoch(s) of {strategy} at {size}px fit (~{choice['s']:.0f}s each); "
+        f"more epochs beat more pixels until {MIN_EPOCHS_BEFORE_PIXELS} epochs, and "
+        f"{max_epochs(inputs.n_train)} epochs is where this dataset stops gaining"
+    )
+    reasons.append(
+        f"one-cycle schedule sized to the {epochs} planned epoch(s), peak lr {lr:.2g}, "
+        "random resized crops and flips"
+    )
+    estimated = inputs.spent_s + decode_s + epochs * choice["s"] + FIXED_OVERHEAD_S
+    return Plan(
+        strategy=strategy,
+        image_size=size,
+        epochs=epochs,
+        lr=round(lr, 6),
+        head="linear",
+        augment="light",
+        schedule="onecycle",
+        estimated_s=round(estimated, 1),
+        budget_s=inputs.budget_s,
+        reasons=reasons,
+        candidates=candidates,
+    )
+
+
+# -- measuring -------------------------------------------------------------------------------------
+
+
+def measure_throughput(
+    model: torch.nn.Module,
+    sizes: list[int],
+    device: torch.device,
+    train_autocast: Callable,
+    infer_autocast: Callable,
+    batch: int = 32,
+) -> list[Throughput]:
+    """Time two training steps and two inference batches of `model` at each size (a few seconds).
+
+    The first step at a size is a warm-up (allocations, kernel choice) and is not counted.
+    """
+    import copy
+
+    trial = copy.deepcopy(model).to(device).to(memory_format=torch.channels_last)
+    for p in trial.parameters():
+        p.requires_grad_(True)
+    params = list(trial.parameters())
+    optimizer = torch.optim.AdamW(params, lr=1e-6)
+    results = []
+    for size in sizes:
+        x = torch.rand(batch, 3, size, size, device=device)
+        x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.zeros(batch, dtype=torch.long, device=device)
+        try:
+            timings = []
+            trial.train()
+            for _ in range(3):
+                start = time.perf_counter()
+                with train_autocast():
+                    loss = torch.nn.functional.cross_entropy(trial(x).float(), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                _sync(device)
+                timings.append(time.perf_counter() - start)
+            train_ips = batch / min(timings[1:])
+            trial.eval()
+            timings = []
+            with torch.inference_mode():
+                for _ in range(3):
+                    start = time.perf_counter()
+                    with infer_autocast():
+                        trial(x)
+                    _sync(device)
+                    timings.append(time.perf_counter() - start)
+            infer_ips = batch / min(timings[1:])
+        except (RuntimeError, AssertionError):  # a network that cannot take this size
+            continue
+        results.append(Throughput(size, train_ips, infer_ips))
+    return results
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def native_size(source: Any) -> int | None:
+    """The shorter side of the data's first image (decoding one image is cheap)."""
+    try:
+        width, height = source.load(0).size
+    except Exception:  # noqa: BLE001 - any unreadable first image just means "unknown"
+        return None
+    return min(width, height)
+
+
+def plan_run(
+    cfg: TrainConfig,
+    splits: Any,
+    device: torch.device,
+    precision: str,
+    started: float,
+    log: Log,
+) -> Plan:
+    """Probe the machine with the real network, plan, print and return the plan."""
+    from tlearn.models import create_backbone
+    from tlearn.training.runtime import autocast_factory, probe_training_precision
+    from tlearn.training.trainer import build_classifier
+
+    budget = parse_duration(cfg.budget or "0")
+    name = cfg.backbone[0]
+    default_size = create_backbone(name, "none").preprocessing.input_size
+    native = native_size(splits.train)
+    sizes = [cfg.image_size] if cfg.image_size else candidate_sizes(native, default_size)
+    backbones = [create_backbone(n, "none", sizes[0]) for n in cfg.backbone]
+    model = build_classifier(backbones, len(splits.classes), cfg).to(device)
+    train_precision = probe_training_precision(
+        model, sizes[0], device, precision, remember_as=f"{'+'.join(cfg.backbone)}@{sizes[0]}"
+    )
+    throughputs = measure_throughput(
+        model,
+        sizes,
+        device,
+        autocast_factory(device, train_precision),
+        autocast_factory(device, precision),
+    )
+    if not throughputs:
+        throughputs = [Throughput(sizes[0], 1.0, 1.0)]
+    in_memory = bool(getattr(splits.train, "in_memory", False))
+    cores = os.cpu_count() or 1
+    inputs = PlanInputs(
+        budget_s=budget,
+        spent_s=time.perf_counter() - started,
+        n_train=len(splits.train),
+        n_val=len(splits.val) if splits.val is not None else 0,
+        n_classes=len(splits.classes),
+        native_size=native,
+        backbone_size=default_size,
+        cpu_cores=cores,
+        gpu=device.type == "cuda",
+        batch_size=cfg.batch_size,
+        throughputs=throughputs,
+        decode_ips=20_000.0 if in_memory else 600.0 * cores,
+    )
+    plan = make_plan(inputs)
+    machine = f"{cores} CPU cores" + (", GPU" if device.type == "cuda" else ", no GPU")
+    log(
+        f"plan for --budget {cfg.budget}: {plan.strategy} at {plan.image_size}px, "
+        f"{plan.epochs} epoch(s), lr {plan.lr:g}, augment {plan.augment} "
+        f"(~{plan.estimated_s:.0f}s of {budget:.0f}s; {machine}, {inputs.n_train} images, "
+        f"{inputs.n_classes} classes, native {native or '?'}px)"
+    )
+    for t in throughputs:
+        log(
+            f"  probe {t.image_size}px: {t.train_ips:,.0f} img/s training ({train_precision}), "
+            f"{t.infer_ips:,.0f} img/s inference ({precision})"
+        )
+    for reason in plan.reasons:
+        log(f"  because {reason}")
+    plan.candidates = [{**c, "train_precision": train_precision} for c in plan.candidates]
+    return plan
+
+
+def apply_plan(cfg: TrainConfig, plan: Plan) -> None:
+    """The planner's choices become the run's options (and so its resolved config.yaml).
+
+    What the user set explicitly (a rate, an augmentation, an image size) is kept.
+    """
+    cfg.strategy = plan.strategy
+    cfg.epochs = plan.epochs
+    if cfg.image_size is None:
+        cfg.image_size = plan.image_size
+    if cfg.lr is None:
+        cfg.lr = plan.lr
+    if cfg.augment == "none":
+        cfg.augment = plan.augment
+    if plan.strategy == "linear-probe":
+        cfg.head = plan.head
+    cfg.schedule = plan.schedule
+
+
+def save_plan(run_dir: Path, plan: Plan, cfg: TrainConfig) -> None:
+    from tlearn.files import atomic_write_text
+
+    record = {**plan.to_dict(), "applied": {
+        k: getattr(cfg, k)
+        for k in ("strategy", "image_size", "epochs", "lr", "head", "augment", "schedule")
+    }}  # fmt: skip
+    atomic_write_text(Path(run_dir) / "plan.json", json.dumps(record, indent=1) + "\n")
