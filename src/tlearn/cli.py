@@ -163,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_train(args: argparse.Namespace) -> int:
     import tlearn
+    from tlearn.training.planner import count_process_start
+
+    count_process_start()  # `--budget` is this command's whole wall time
 
     options = vars(args).copy()
     options.pop("command")

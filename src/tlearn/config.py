@@ -340,9 +340,7 @@ def parse_duration(text: str | int | float) -> float:
         parts = []
     seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1, "": 1}[unit] for n, unit in parts)
     if not parts or seconds <= 0:
-        raise TlearnError(
-            f"--budget {text!r} must be a duration like 90s, 10m, 2h or 1h30m"
-        )
+        raise TlearnError(f"--budget {text!r} must be a duration like 90s, 10m, 2h or 1h30m")
     return seconds
 
 

@@ -32,7 +32,10 @@ Log = Callable[[str], None]
 
 SAFETY = 0.92  # plan to end at 92% of the budget: timings are noisy, the slack absorbs it
 FIXED_OVERHEAD_S = 4.0  # writing model files, building loaders, the end-of-run summary
-EPOCH_OVERHEAD_S = 1.0  # per epoch: saving last/best and state.pt
+EPOCH_OVERHEAD_S = 3.0  # per epoch: saving last/best and state.pt (optimizer state included)
+# A real epoch runs slower than the probe's best steps: data batches, augmentation, bookkeeping,
+# first-use kernel set-up, and neighbours on a shared machine. Measured epochs keep the run honest.
+PROBE_TO_EPOCH = 1.25
 MIN_EPOCHS_BEFORE_PIXELS = 3  # epochs bought before a larger image size is worth its cost
 ERROR_EPOCH_EXPONENT = 0.35
 ERROR_SIZE_EXPONENT = 0.3
@@ -121,12 +124,12 @@ def make_plan(inputs: PlanInputs) -> Plan:
     candidates = []
     best: tuple[float, dict] | None = None
     for t in sorted(inputs.throughputs, key=lambda t: t.image_size):
-        train_s = inputs.n_train / t.train_ips
-        eval_s = inputs.n_val / t.infer_ips
+        train_s = PROBE_TO_EPOCH * inputs.n_train / t.train_ips
+        eval_s = PROBE_TO_EPOCH * inputs.n_val / t.infer_ips
         epoch_s = train_s + eval_s + EPOCH_OVERHEAD_S
         fits = math.floor(max(0.0, available) / epoch_s)
         epochs = min(fits, max_epochs(inputs.n_train))
-        probe_s = n_all / t.infer_ips + 2 * EPOCH_OVERHEAD_S
+        probe_s = PROBE_TO_EPOCH * n_all / t.infer_ips + 2 * EPOCH_OVERHEAD_S
         row = {
             "image_size": t.image_size,
             "train_ips": round(t.train_ips, 1),
@@ -214,6 +217,37 @@ def make_plan(inputs: PlanInputs) -> Plan:
 
 
 # -- measuring -------------------------------------------------------------------------------------
+
+_COUNT_PROCESS_START = False
+
+
+def count_process_start() -> None:
+    """The CLI's `--budget` is the command's whole wall time, interpreter start included."""
+    global _COUNT_PROCESS_START
+    _COUNT_PROCESS_START = True
+
+
+def time_before_fit() -> float:
+    """Seconds the budget already lost before `fit` began (imports, in a CLI process).
+
+    Asked once per `count_process_start()`: a later `tlearn.train` in the same process (a
+    notebook, a test session) counts from its own start.
+    """
+    global _COUNT_PROCESS_START
+    counted, _COUNT_PROCESS_START = _COUNT_PROCESS_START, False
+    return process_age() if counted else 0.0
+
+
+def process_age() -> float:
+    """Seconds since this process started (Linux /proc; 0 where unknown)."""
+    try:
+        with open("/proc/self/stat") as f:
+            after_name = f.read().rsplit(")", 1)[1].split()
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - int(after_name[19]) / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0.0
 
 
 def measure_throughput(
@@ -306,13 +340,14 @@ def plan_run(
     train_precision = probe_training_precision(
         model, sizes[0], device, precision, remember_as=f"{'+'.join(cfg.backbone)}@{sizes[0]}"
     )
-    throughputs = measure_throughput(
-        model,
-        sizes,
-        device,
-        autocast_factory(device, train_precision),
-        autocast_factory(device, precision),
-    )
+    with torch.random.fork_rng(devices=[]):  # measuring must not move the run's random stream
+        throughputs = measure_throughput(
+            model,
+            sizes,
+            device,
+            autocast_factory(device, train_precision),
+            autocast_factory(device, precision),
+        )
     if not throughputs:
         throughputs = [Throughput(sizes[0], 1.0, 1.0)]
     in_memory = bool(getattr(splits.train, "in_memory", False))

@@ -121,6 +121,9 @@ def probe_training_precision(
         known = {}
     if remember_as and known.get(key) in ("fp32", "bf16"):
         return known[key]
+    # The probe runs only the first time: it must not move the run's random stream (dropout and
+    # the input draw from it), or the first run on a machine would differ from the next ones.
+    rng = torch.get_rng_state()
     trial = copy.deepcopy(model).to(device).train().to(memory_format=torch.channels_last)
     x = torch.rand(batch, 3, input_size, input_size, device=device)
     x = x.contiguous(memory_format=torch.channels_last)
@@ -136,6 +139,7 @@ def probe_training_precision(
             del grads
         elapsed = time.perf_counter() - start
         timings[candidate] = min(elapsed, timings.get(candidate, float("inf")))
+    torch.set_rng_state(rng)
     chosen = "bf16" if timings["bf16"] < 0.9 * timings["fp32"] else "fp32"
     if remember_as:
         try:

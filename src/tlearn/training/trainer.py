@@ -35,6 +35,7 @@ from tlearn.training.ema import WeightAverage
 from tlearn.training.features import FeatureLoader, extract_features, image_loader
 from tlearn.training.interrupt import Interrupted, StopRequests
 from tlearn.training.order import EpochBatches, EpochSampler, batches_per_epoch
+from tlearn.training.planner import time_before_fit
 from tlearn.training.runtime import (
     autocast_factory,
     deterministic_algorithms,
@@ -128,7 +129,7 @@ def default_eval_limit(cfg: TrainConfig) -> int | None:
     return max(2, round(cfg.train_limit * cfg.val_split / (1 - cfg.val_split)))
 
 
-def resolve_strategy(
+def plan_strategy(
     cfg: TrainConfig,
     splits: Splits,
     device: torch.device,
@@ -137,21 +138,24 @@ def resolve_strategy(
     started: float,
     log: Log,
 ) -> str:
-    """`auto`: with `--budget`, the planner's choice (it also sets size, epochs, rate and
-    schedule in `cfg`, recorded in plan.json); without one, frozen backbone for small data,
-    else gradual unfreezing.
+    """`auto` with `--budget`: the planner's choice (it also sets size, epochs, rate and
+    schedule in `cfg`, recorded in plan.json); otherwise `resolve_strategy`.
     """
+    if cfg.strategy != "auto" or cfg.budget is None:
+        return resolve_strategy(cfg, len(splits.train), log)
+    from tlearn.training.planner import apply_plan, plan_run, save_plan
+
+    plan = plan_run(cfg, splits, device, precision, started, log)
+    apply_plan(cfg, plan)
+    save_plan(run_dir, plan, cfg)
+    seed_everything(cfg.seed)  # the probe drew random numbers: start as a planned rerun would
+    return cfg.strategy
+
+
+def resolve_strategy(cfg: TrainConfig, n_train: int, log: Log) -> str:
+    """`auto` without a budget: frozen backbone for small data, else gradual unfreezing."""
     if cfg.strategy != "auto":
         return cfg.strategy
-    if cfg.budget is not None:
-        from tlearn.training.planner import apply_plan, plan_run, save_plan
-
-        plan = plan_run(cfg, splits, device, precision, started, log)
-        apply_plan(cfg, plan)
-        save_plan(run_dir, plan, cfg)
-        seed_everything(cfg.seed)  # the probe drew random numbers: start as a planned rerun would
-        return cfg.strategy
-    n_train = len(splits.train)
     choice = "linear-probe" if n_train < 2000 else "gradual"
     log(f"strategy auto -> {choice} ({n_train} training images)")
     return choice
@@ -174,7 +178,7 @@ def fit(cfg: TrainConfig, log: Log = print, *, resume: bool = False) -> RunResul
 
 
 def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunResult:
-    started = time.perf_counter()  # `--budget` counts from here
+    started = time.perf_counter() - time_before_fit()  # where `--budget` counts from
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     if cfg.deterministic and cfg.precision not in ("auto", "fp32"):
@@ -195,7 +199,7 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
     run_dir = prepare_run_dir(cfg.out, cfg.data)
     cfg.out = str(run_dir)
     state = starting_state(run_dir, resume, log)
-    strategy = resolve_strategy(cfg, splits, device, precision, run_dir, started, log)
+    strategy = plan_strategy(cfg, splits, device, precision, run_dir, started, log)
     if len(cfg.backbone) > 1 and cfg.weights not in ("auto", "none"):
         raise TlearnError(
             "--weights FILE fits one backbone: give one --backbone, or --weights auto"
@@ -627,8 +631,10 @@ class _Epochs:
             "skipped": max(stats.skipped, self.skipped_count("train")),
         }
         classes = self.spec.classes
-        if pred is not None and len(pred.labels) and (
-            self.cfg.balance != "none" or len(classes) < 20
+        if (
+            pred is not None
+            and len(pred.labels)
+            and (self.cfg.balance != "none" or len(classes) < 20)
         ):
             recall = per_class_recall(pred.logits, pred.labels, len(classes))
             for name, r in zip(classes, recall, strict=True):

@@ -1,0 +1,306 @@
+"""Budget planner, early stopping, weight averaging, class balance and same-seed reproducibility."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import tlearn
+from tlearn.cli import main
+from tlearn.config import TrainConfig, parse_duration
+from tlearn.errors import TlearnError
+from tlearn.training.balance import class_weights, draw_order, per_class_recall, sample_weights
+from tlearn.training.ema import WeightAverage
+from tlearn.training.interrupt import Interrupted
+from tlearn.training.planner import PlanInputs, Throughput, make_plan
+from tlearn.training.state import load_state
+from tlearn.training.stopping import EarlyStopping
+
+TINY = dict(
+    backbone="test_resnet", weights="none", image_size=32, workers=0, batch_size=4,
+    val_split=0.25, log=lambda line: None, cache=False,
+)  # fmt: skip
+TIMING = ("images_per_s", "elapsed_s")
+
+
+def metric_rows(run: Path) -> list[dict]:
+    with open(run / "metrics.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(f)]
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    for name in ("last.safetensors", "best.safetensors"):
+        ta, tb = load_file(a / name), load_file(b / name)
+        assert ta.keys() == tb.keys()
+        for k in ta:
+            assert torch.equal(ta[k], tb[k]), f"{name}: {k} differs"
+    assert metric_rows(a) == metric_rows(b)
+
+
+@pytest.fixture
+def unbalanced(make_image_folder, tmp_path) -> Path:
+    """Three classes, 9/9/3 images: a minority class for --balance to care about."""
+    folder = make_image_folder(classes=("a", "b", "c"), n=9)
+    for extra in sorted((folder / "c").iterdir())[3:]:
+        extra.unlink()
+    return folder
+
+
+# -- --budget parsing -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90s", 90), ("10m", 600), ("2h", 7200), ("1h30m", 5400), ("45", 45)]
+)
+def test_budget_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["10x", "", "m", "0m", "-5m", "10m5"])
+def test_bad_budget_is_one_sentence(text, capsys):
+    with pytest.raises(TlearnError, match="must be a duration like 90s, 10m, 2h") as caught:
+        TrainConfig(data="x", budget=text).validate()
+    assert str(caught.value).count(". ") == 0 and "\n" not in str(caught.value)
+
+
+def test_cli_refuses_a_bad_budget_with_exit_2(tmp_path, capsys):
+    assert main(["train", str(tmp_path), "--budget", "10x"]) == 2
+    err = capsys.readouterr().err
+    assert "--budget '10x' must be a duration" in err and "Traceback" not in err
+
+
+# -- the planner, on synthetic measurements --------------------------------------------------------
+
+# this project's reference CPU: EfficientNet-Lite0 ~350 img/s training at 64 px, ~1300 inference
+REFERENCE = [
+    Throughput(64, 350.0, 1300.0),
+    Throughput(96, 160.0, 600.0),
+    Throughput(128, 90.0, 330.0),
+]
+
+
+def inputs(budget_s: float, n_train=60_000, n_val=10_000, classes=10, **kw) -> PlanInputs:
+    values = dict(
+        budget_s=budget_s, spent_s=10.0, n_train=n_train, n_val=n_val, n_classes=classes,
+        native_size=28, backbone_size=224, cpu_cores=2, gpu=False, batch_size=128,
+        throughputs=REFERENCE, decode_ips=20_000.0,
+    )  # fmt: skip
+    values.update(kw)
+    return PlanInputs(**values)
+
+
+def test_tiny_budget_probes_frozen_features():
+    plan = make_plan(inputs(120))
+    assert plan.strategy == "linear-probe"
+    assert plan.head == "mlp" and plan.augment == "none"
+    assert plan.estimated_s <= 120
+
+
+def test_ten_minutes_fine_tunes_as_many_epochs_as_fit_at_64px():
+    plan = make_plan(inputs(600))
+    assert plan.strategy == "finetune" and plan.image_size == 64
+    assert plan.epochs == 2  # ~227 s an epoch with validation: 3 would overrun 600 s
+    assert plan.schedule == "onecycle"
+    assert plan.estimated_s <= 600 * 0.95
+
+
+def test_more_budget_buys_epochs_then_pixels_and_stays_inside():
+    previous = 0
+    for budget in (600, 1800, 3600, 7200, 36_000):
+        plan = make_plan(inputs(budget))
+        assert plan.estimated_s <= budget, budget
+        assert plan.strategy == "finetune"
+        assert plan.epochs * plan.image_size**2 >= previous  # never less compute for more time
+        previous = plan.epochs * plan.image_size**2
+    assert make_plan(inputs(36_000)).image_size > 64  # a long budget grows the images
+
+
+def test_little_data_per_class_unfreezes_gradually():
+    plan = make_plan(inputs(600, n_train=500, n_val=100, classes=10))
+    assert plan.strategy == "gradual"
+    assert plan.epochs >= 10
+
+
+def test_the_plan_explains_itself():
+    plan = make_plan(inputs(600))
+    text = " ".join(plan.reasons)
+    assert "600s" in text and "epoch" in text
+    assert [c["image_size"] for c in plan.candidates] == [64, 96, 128]
+
+
+def test_budget_run_records_its_plan_and_the_resolved_config(make_image_folder, tmp_path):
+    data = make_image_folder(n=8)
+    out = tmp_path / "run"
+    lines: list[str] = []
+    options = {**TINY, "image_size": None, "log": lines.append}
+    tlearn.train(str(data), out=str(out), budget="30s", **options)
+    plan = json.loads((out / "plan.json").read_text())
+    config = TrainConfig.from_dict(__import__("yaml").safe_load((out / "config.yaml").read_text()))
+    assert config.strategy == plan["strategy"] != "auto"
+    assert config.epochs == plan["epochs"] and config.image_size == plan["image_size"]
+    assert any(line.startswith("plan for --budget 30s") for line in lines)
+    assert any("because" in line for line in lines)
+    assert len(metric_rows(out)) <= plan["epochs"]
+
+
+def test_budget_stops_before_an_epoch_that_would_overrun(make_image_folder, tmp_path):
+    lines: list[str] = []
+    options = {**TINY, "log": lines.append}
+    data = make_image_folder(n=8)
+    tlearn.train(
+        str(data), out=str(tmp_path / "r"), strategy="finetune", epochs=500, budget="1s", **options
+    )
+    assert len(metric_rows(tmp_path / "r")) < 500
+    assert any("past the 1s budget" in line for line in lines)
+    state = load_state(tmp_path / "r" / "state.pt")
+    assert state["position"]["finished"]
+
+
+# -- early stopping --------------------------------------------------------------------------------
+
+
+def test_early_stopping_counts_epochs_without_improvement():
+    stop = EarlyStopping(patience=2, monitor="val_accuracy")
+    assert not stop.update({"val_accuracy": 0.5})
+    assert not stop.update({"val_accuracy": 0.6})
+    assert not stop.update({"val_accuracy": 0.6})
+    assert stop.update({"val_accuracy": 0.55})
+    falls_back = EarlyStopping(patience=1)
+    assert not falls_back.update({"val_loss": None, "train_loss": 1.0})
+    assert falls_back.update({"val_loss": None, "train_loss": 1.2})
+
+
+def test_patience_stops_a_run_that_no_longer_improves(make_image_folder, tmp_path):
+    lines: list[str] = []
+    tlearn.train(
+        str(make_image_folder()), out=str(tmp_path / "r"), strategy="linear-probe", epochs=8,
+        lr=1e-8, schedule="constant", patience=2, **{**TINY, "log": lines.append},
+    )  # fmt: skip
+    rows = metric_rows(tmp_path / "r")
+    assert len(rows) == 3  # epoch 1 sets the mark, 2 and 3 fail to beat it
+    assert any("has not improved for 2 epoch(s)" in line for line in lines)
+
+
+# -- weight averaging ------------------------------------------------------------------------------
+
+
+def test_weight_average_warms_up_and_swaps():
+    module = torch.nn.Linear(2, 1)
+    average = WeightAverage(module, 0.99)
+    with torch.no_grad():
+        module.weight.add_(1.0)
+    average.update(module)  # decay 0.1 at the first update: mostly the new weights
+    expected = module.weight - 0.1
+    assert torch.allclose(average.shadow["weight"], expected)
+    raw = module.weight.detach().clone()
+    with average.swapped_in(module):
+        assert torch.allclose(module.weight, expected)
+    assert torch.equal(module.weight, raw)
+
+
+def test_ema_weights_are_what_is_saved_and_returned(make_image_folder, tmp_path):
+    run = tmp_path / "r"
+    result = tlearn.train(
+        str(make_image_folder()), out=str(run), strategy="finetune", epochs=2, ema=0.9, **TINY
+    )
+    saved = load_file(run / "last.safetensors")
+    raw = load_state(run / "state.pt")["model"]
+    ema = load_state(run / "state.pt")["ema"]["shadow"]
+    floats = [k for k, v in saved.items() if v.is_floating_point()]
+    assert any(not torch.equal(saved[k], raw[k]) for k in floats), "EMA equals the raw weights"
+    for k in floats:
+        assert torch.equal(saved[k], ema[k]), k
+    returned = result.classifier.state_dict()
+    assert all(torch.equal(returned[k].cpu(), saved[k]) for k in floats)
+
+
+# -- class imbalance -------------------------------------------------------------------------------
+
+
+def test_class_weights_are_inverse_frequency_with_mean_one():
+    targets = torch.tensor([0] * 6 + [1] * 2)
+    w = class_weights(targets, 3)  # class 2 absent
+    assert w[2] == 0
+    assert w[1] == pytest.approx(3 * w[0])
+    assert sample_weights(targets, 3).mean() == pytest.approx(1.0)
+
+
+def test_weighted_draw_evens_out_the_classes():
+    targets = torch.tensor([0] * 90 + [1] * 10)
+    order = draw_order(100, torch.Generator().manual_seed(0), sample_weights(targets, 2))
+    minority = int((targets[order] == 1).sum())
+    assert 30 <= minority <= 70  # ~50 of 100, against 10 in a plain permutation
+    assert sorted(draw_order(100, torch.Generator().manual_seed(0), None).tolist()) == list(
+        range(100)
+    )
+
+
+def test_per_class_recall():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0], [1.0, 0.0]])
+    labels = torch.tensor([0, 1, 1, 1])
+    assert per_class_recall(logits, labels, 3) == [1.0, pytest.approx(1 / 3), None]
+
+
+@pytest.mark.parametrize("balance", ["weighted-loss", "sampler"])
+def test_balanced_runs_log_recall_per_class(unbalanced, tmp_path, balance):
+    lines: list[str] = []
+    tlearn.train(
+        str(unbalanced), out=str(tmp_path / balance), strategy="finetune", epochs=1,
+        balance=balance, **{**TINY, "log": lines.append},
+    )  # fmt: skip
+    row = metric_rows(tmp_path / balance)[0]
+    assert {"recall_a", "recall_b", "recall_c"} <= row.keys()
+    assert any("val recall per class: a " in line for line in lines)
+    if balance == "weighted-loss":
+        assert any("class weights (inverse frequency)" in line for line in lines)
+
+
+# -- same seed, same metrics; and resuming with the recipes on -------------------------------------
+
+RECIPES = dict(epochs=3, patience=2, ema=0.9, balance="sampler", augment="light")
+
+
+@pytest.mark.parametrize("path", ["decode-once", "pil"])
+def test_same_seed_gives_the_same_metrics(unbalanced, tmp_path, path):
+    extra = {"memory_limit": "1"} if path == "pil" else {}
+    for name in ("a", "b"):
+        tlearn.train(
+            str(unbalanced), out=str(tmp_path / name), strategy="finetune", seed=3,
+            **RECIPES, **extra, **TINY,
+        )  # fmt: skip
+    assert metric_rows(tmp_path / "a") == metric_rows(tmp_path / "b")
+    assert_same_run(tmp_path / "a", tmp_path / "b")
+
+
+class _InterruptingLoss(torch.nn.CrossEntropyLoss):
+    """Cross-entropy that sends itself SIGINT at call `at` (Ctrl-C in the middle of an epoch)."""
+
+    at, calls = 0, 0
+
+    def forward(self, logits, labels):
+        cls = type(self)
+        cls.calls += 1
+        if cls.calls == cls.at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return super().forward(logits, labels)
+
+
+def test_resume_with_ema_and_patience_gives_the_same_run(unbalanced, tmp_path, monkeypatch):
+    options = dict(TINY, strategy="finetune", deterministic=True, **RECIPES)
+    tlearn.train(str(unbalanced), out=str(tmp_path / "a"), **options)
+    _InterruptingLoss.at, _InterruptingLoss.calls = 6, 0  # epoch 2 (4 steps an epoch), step 2
+    monkeypatch.setattr(torch.nn, "CrossEntropyLoss", _InterruptingLoss)
+    with pytest.raises(Interrupted):
+        tlearn.train(str(unbalanced), out=str(tmp_path / "b"), **options)
+    monkeypatch.undo()
+    state = load_state(tmp_path / "b" / "state.pt")
+    assert state["ema"] is not None and state["early"]["patience"] == 2
+    tlearn.train(resume=str(tmp_path / "b"), log=TINY["log"])
+    assert_same_run(tmp_path / "a", tmp_path / "b")
