@@ -15,7 +15,7 @@ from tlearn.evaluation import Report, compute_report
 from tlearn.models import Classifier, build_fusion, build_head, create_backbone
 from tlearn.models.normalize import NormalizedBackbone
 from tlearn.preprocessing import Preprocessing, model_input
-from tlearn.training.runtime import autocast_factory, pick_device, pick_precision
+from tlearn.training.runtime import inference_module, pick_device, pick_precision
 
 
 @dataclass
@@ -76,7 +76,7 @@ class Model:
             data, data_root=data_root, eval_limit=eval_limit, seed=seed, classes=self.classes
         )
         dev = pick_device(device)
-        autocast = autocast_factory(dev, pick_precision(dev, precision))
+        chosen = pick_precision(dev, precision)
         cfg = TrainConfig(data=data, batch_size=batch_size, workers=workers)
         classifier, pre = self.classifier, self.input_preprocessing
         if tta:
@@ -84,7 +84,8 @@ class Model:
 
             classifier, pre = with_tta(classifier, pre, flips=flips_allowed(self.spec.config))
         loader = image_loader(source, pre, cfg, train=False)
-        pred = loop.predict_all(classifier.to(dev), loader, dev, autocast, "evaluate")
+        runner, dtype, autocast = inference_module(classifier, dev, chosen)
+        pred = loop.predict_all(runner, loader, dev, autocast, "evaluate", dtype=dtype)
         self.classifier.cpu()
         if len(pred.labels) == 0:
             raise TlearnError(f"no image of {data} could be decoded: check the files")

@@ -7,7 +7,6 @@ the run's precision, and the head trains on the stored tensors.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -37,7 +36,7 @@ from tlearn.data.fingerprint import fingerprint
 from tlearn.errors import TlearnError
 from tlearn.preprocessing import Preprocessing
 from tlearn.training.balance import draw_order
-from tlearn.training.runtime import autocast_factory, default_workers
+from tlearn.training.runtime import default_workers, inference_module
 
 
 def image_loader(
@@ -214,23 +213,8 @@ def compute_features(
 def inference_backbone(
     backbone: torch.nn.Module, device: torch.device, precision: str
 ) -> tuple[torch.nn.Module, torch.dtype, Callable]:
-    """A frozen backbone in the form that runs fastest for `precision`, returning flat features.
-
-    On a CPU, bf16 autocast re-casts every weight at every call, which for small images costs
-    more than the convolutions; a bf16 copy of the frozen backbone casts them once. (The copy
-    serves extraction only: the model file keeps the exact fp32 weights.) GPUs use autocast.
-    """
-    flat = torch.nn.Sequential(backbone, torch.nn.Flatten(1))
-    if precision == "bf16" and device.type == "cpu":
-        copy = copy_module(flat).to(device=device, dtype=torch.bfloat16)
-        return copy.eval(), torch.bfloat16, contextlib.nullcontext
-    return flat.to(device).eval(), torch.float32, autocast_factory(device, precision)
-
-
-def copy_module(module: torch.nn.Module) -> torch.nn.Module:
-    import copy
-
-    return copy.deepcopy(module)
+    """A frozen backbone returning flat features, in its fastest inference form."""
+    return inference_module(torch.nn.Sequential(backbone, torch.nn.Flatten(1)), device, precision)
 
 
 # -- the on-disk cache ----------------------------------------------------------------------------

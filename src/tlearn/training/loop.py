@@ -133,6 +133,7 @@ def predict_all(
     device: torch.device,
     autocast: Callable[[], AbstractContextManager],
     description: str = "eval",
+    dtype: torch.dtype = torch.float32,
 ) -> Predictions:
     model.eval()
     start = time.perf_counter()
@@ -143,7 +144,7 @@ def predict_all(
             continue
         inputs = batch[0].to(device, non_blocking=True)
         if inputs.ndim == 4:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
+            inputs = inputs.to(dtype).contiguous(memory_format=torch.channels_last)
         with autocast():
             out = model(inputs)
         logits.append(out.float().cpu())

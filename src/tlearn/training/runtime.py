@@ -171,3 +171,24 @@ def flush_denormals() -> Iterator[None]:
     finally:
         if enabled:
             torch.set_flush_denormal(False)
+
+
+def inference_module(
+    module: torch.nn.Module, device: torch.device, precision: str
+) -> tuple[torch.nn.Module, torch.dtype, Callable[[], AbstractContextManager]]:
+    """`module` in its fastest inference form for `precision`: (module, input dtype, autocast).
+
+    On a CPU, bf16 autocast re-casts every weight at every call, which for small images costs
+    more than the convolutions; a bf16 copy casts them once (3x on Lite0 at 64 px here). The copy
+    serves inference only: model files keep the exact fp32 weights. GPUs use autocast.
+    """
+    import copy
+
+    if precision == "bf16" and device.type == "cpu":
+        twin = copy.deepcopy(module).to(device=device, dtype=torch.bfloat16)
+        return (
+            twin.eval().to(memory_format=torch.channels_last),
+            torch.bfloat16,
+            contextlib.nullcontext,
+        )
+    return module.to(device).eval(), torch.float32, autocast_factory(device, precision)
