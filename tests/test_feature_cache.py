@@ -20,12 +20,14 @@ def test_second_run_reuses_features_with_another_head(tmp_path, make_image_folde
     monkeypatch.setenv("TLEARN_CACHE_DIR", str(tmp_path / "cache"))
     data = make_image_folder(n=6)
     _, first = _train(data, tmp_path, "a")
-    assert "cached features reused" not in first
+    # the whole dataset's features are computed once: the val split is sliced from them
+    assert first.count("cached features reused") == 1 and "features/val: " in first
     model, second = _train(data, tmp_path, "b", head="mlp", hidden="16", lr=0.01)
     assert second.count("cached features reused") == 2  # train and val
     assert model.spec.head["kind"] == "mlp"
+    # another seed draws another split of the same images: still nothing to compute
     entries = list((tmp_path / "cache" / "features").iterdir())
-    assert len(entries) == 2
+    assert len(entries) == 1
 
 
 def test_changed_data_or_weights_never_hit_a_stale_entry(tmp_path, make_image_folder, monkeypatch):
@@ -67,3 +69,36 @@ def test_flip_features_are_cached_with_their_mirror(tmp_path, make_image_folder)
     assert "frozen features once" in log
     (entry,) = [p for p in (tmp_path / "fc").iterdir() if (p / "flipped.npy").exists()]
     assert (entry / "features.npy").exists()
+
+
+def test_another_seed_reuses_the_whole_dataset(tmp_path, make_image_folder, monkeypatch):
+    """A seed changes the split, not the images: the features come from the cached whole."""
+    import torch
+    from torchvision.models import resnet18
+
+    monkeypatch.setenv("TLEARN_CACHE_DIR", str(tmp_path / "cache"))
+    data = make_image_folder(n=8)
+    weights = tmp_path / "w.pth"
+    torch.save(resnet18().state_dict(), weights)
+    _train(data, tmp_path, "a", weights=str(weights), val_split=0.25)
+    _, log = _train(data, tmp_path, "b", weights=str(weights), val_split=0.25, seed=7)
+    assert log.count("cached features reused") == 2
+    assert "features/train: " in log and "features/val: " in log
+
+
+def test_subset_picks_the_right_rows_and_drops_undecodable_ones():
+    import numpy as np
+    import torch
+
+    from tlearn.training.features import FeatureSet
+
+    # the whole source had 5 images; image 2 failed to decode, so it has no row
+    whole = FeatureSet(
+        features=torch.tensor([[0.0], [1.0], [3.0], [4.0]]),
+        labels=torch.tensor([0, 1, 1, 0]),
+        indices=torch.tensor([0, 1, 3, 4]),
+    )
+    part = whole.subset(np.array([4, 2, 1]))
+    assert part.features.flatten().tolist() == [4.0, 1.0]
+    assert part.labels.tolist() == [0, 1]
+    assert part.indices.tolist() == [0, 2]  # positions within the subset; position 1 was skipped

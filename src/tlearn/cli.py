@@ -161,18 +161,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def train_options(args: argparse.Namespace, *own: str) -> tuple[dict, dict]:
+    """`train`'s options from `--config` and the flags (flags win), and this command's own flags."""
+    options = vars(args).copy()
+    options.pop("command")
+    config_path = options.pop("config", None)
+    extras = {k: options.pop(k, None) for k in own}
+    values = read_config_file(config_path) if config_path else {}
+    values.update({k: v for k, v in options.items() if v is not None or k not in values})
+    return values, extras
+
+
 def run_train(args: argparse.Namespace) -> int:
     import tlearn
     from tlearn.training.planner import count_process_start
 
     count_process_start()  # `--budget` is this command's whole wall time
 
-    options = vars(args).copy()
-    options.pop("command")
-    config_path = options.pop("config", None)
-    resume = options.pop("resume", None)
-    values = read_config_file(config_path) if config_path else {}
-    values.update({k: v for k, v in options.items() if v is not None or k not in values})
+    values, own = train_options(args, "resume")
+    resume = own["resume"]
     if resume:
         values = {k: v for k, v in values.items() if v is not None}
         model = tlearn.train(resume=resume, **values)
@@ -235,14 +242,9 @@ def run_predict(args: argparse.Namespace) -> int:
 def run_lr_find(args: argparse.Namespace) -> int:
     import tlearn.api
 
-    options = vars(args).copy()
-    options.pop("command")
-    config_path = options.pop("config", None)
-    sweep = {k: options.pop(k) for k in ("steps", "start_lr", "end_lr")}
+    values, sweep = train_options(args, "steps", "start_lr", "end_lr")
     if sweep["steps"] < 10 or not 0 < sweep["start_lr"] < sweep["end_lr"]:
         raise TlearnError("--steps must be at least 10 and 0 < --start-lr < --end-lr")
-    values = read_config_file(config_path) if config_path else {}
-    values.update(options)
     if not values.get("data"):
         raise TlearnError("no dataset given: `tlearn lr-find DATA` (a folder, a CSV, or cifar10)")
     result = tlearn.api.lr_find(
@@ -300,12 +302,8 @@ def run_ensemble(args: argparse.Namespace) -> int:
 def run_compare(args: argparse.Namespace) -> int:
     from tlearn.compare import compare, format_table
 
-    options = vars(args).copy()
-    options.pop("command")
-    config_path = options.pop("config", None)
-    test_limit = options.pop("test_limit", None)
-    values = read_config_file(config_path) if config_path else {}
-    values.update(options)
+    values, own = train_options(args, "test_limit")
+    test_limit = own["test_limit"]
     data = values.pop("data", None)
     if not data:
         raise TlearnError("no dataset given: `tlearn compare DATA --backbone A --backbone B`")

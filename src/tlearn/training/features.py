@@ -27,6 +27,7 @@ from tlearn.data import (
     BatchMixer,
     MixedLoader,
     SafeTransformDataset,
+    SubsetSource,
     build_transform,
     collate_skip_none,
     fast_image_loader,
@@ -116,6 +117,25 @@ class FeatureSet:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def subset(self, positions: np.ndarray) -> FeatureSet:
+        """Rows of the items at `positions` of the source, renumbered as a subset's positions."""
+        if self.indices is None:
+            raise ValueError("features without source positions cannot be subset")
+        row_of = torch.full((int(self.indices.max()) + 1 if len(self) else 0,), -1)
+        row_of[self.indices] = torch.arange(len(self))
+        wanted = torch.as_tensor(np.asarray(positions), dtype=torch.long)
+        inside = wanted < len(row_of)
+        rows = torch.full_like(wanted, -1)
+        rows[inside] = row_of[wanted[inside]]
+        keep = rows >= 0  # an image that failed to decode has no row
+        rows = rows[keep]
+        return FeatureSet(
+            self.features[rows],
+            self.labels[rows],
+            self.flipped[rows] if self.flipped is not None else None,
+            torch.arange(len(wanted))[keep],
+        )
+
 
 def extract_features(
     model,
@@ -155,21 +175,47 @@ def extract_features(
 
 
 def _backbone_features(backbone, source, pre, cfg, device, precision, description, flip, log):
-    key = None
-    if cfg.cache:
-        key = feature_key(backbone, source, pre, precision, flip)
-        hit = load_cached(cache_root(cfg), key)
-        if hit is not None:
-            if log:
-                log(f"{description}: {len(hit)} cached features reused ({key[:12]})")
-            return hit
+    """One backbone's features of `source`, through the cache.
+
+    A split (train or val) is a subset of one dataset; its features are cached for the whole
+    dataset, so another seed's split, or the other split, is served by slicing. Computing the
+    whole costs little extra when the split is most of it; a small subset (`--train-limit`) is
+    computed and cached on its own.
+    """
+    if not cfg.cache:
+        return compute_features(
+            backbone, source, pre, cfg, device, precision, description, flip=flip
+        )
+    parent = getattr(source, "source", None)
+    if isinstance(source, SubsetSource) and parent is not None:
+        whole = _cached_or_computed(
+            backbone, parent, pre, cfg, device, precision, description, flip, log,
+            compute=len(source) >= 0.5 * len(parent),
+        )  # fmt: skip
+        if whole is not None:
+            return whole.subset(source.indices)
+    return _cached_or_computed(
+        backbone, source, pre, cfg, device, precision, description, flip, log
+    )
+
+
+def _cached_or_computed(
+    backbone, source, pre, cfg, device, precision, description, flip, log, compute: bool = True
+) -> FeatureSet | None:
+    key = feature_key(backbone, source, pre, precision, flip)
+    hit = load_cached(cache_root(cfg), key)
+    if hit is not None:
+        if log:
+            log(f"{description}: {len(hit)} cached features reused ({key[:12]})")
+        return hit
+    if not compute:
+        return None
     result = compute_features(backbone, source, pre, cfg, device, precision, description, flip=flip)
-    if key is not None:
-        try:
-            store_cached(cache_root(cfg), key, result)
-        except OSError as e:  # a full or read-only cache costs speed next time, nothing else
-            if log:
-                log(f"feature cache not written ({e.strerror}); the run goes on without it")
+    try:
+        store_cached(cache_root(cfg), key, result)
+    except OSError as e:  # a full or read-only cache costs speed next time, nothing else
+        if log:
+            log(f"feature cache not written ({e.strerror}); the run goes on without it")
     return result
 
 
@@ -219,7 +265,7 @@ def inference_backbone(
 
 # -- the on-disk cache ----------------------------------------------------------------------------
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: source positions stored, so splits are slices
 
 
 def cache_root(cfg: TrainConfig) -> Path:
@@ -264,11 +310,12 @@ def load_cached(root: Path, key: str) -> FeatureSet | None:
         features = _load_array(folder / "features.npy")
         labels = torch.from_numpy(np.load(folder / "labels.npy"))
         flipped = _load_array(folder / "flipped.npy") if meta.get("flip") else None
+        indices = torch.from_numpy(np.load(folder / "indices.npy"))
     except (OSError, ValueError, json.JSONDecodeError):
         return None  # absent or damaged: recompute
-    if len(features) != len(labels) or len(labels) != meta.get("n"):
+    if not len(features) == len(labels) == len(indices) == meta.get("n"):
         return None
-    return FeatureSet(features, labels, flipped)
+    return FeatureSet(features, labels, flipped, indices)
 
 
 def store_cached(root: Path, key: str, result: FeatureSet) -> None:
@@ -281,6 +328,7 @@ def store_cached(root: Path, key: str, result: FeatureSet) -> None:
     try:
         np.save(tmp / "features.npy", result.features.numpy())
         np.save(tmp / "labels.npy", result.labels.numpy())
+        np.save(tmp / "indices.npy", result.indices.numpy())
         if result.flipped is not None:
             np.save(tmp / "flipped.npy", result.flipped.numpy())
         meta = {"format": CACHE_FORMAT, "n": len(result), "flip": result.flipped is not None}

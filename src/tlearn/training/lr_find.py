@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from tlearn.config import TrainConfig
-from tlearn.data import Splits, SubsetSource, load_train_splits, stratified_indices
+from tlearn.data import Splits, SubsetSource, stratified_indices
 from tlearn.files import atomic_write, atomic_write_text
 from tlearn.models import create_backbone
 from tlearn.preprocessing import model_input
@@ -216,20 +216,13 @@ def lr_find(
     steps: int = STEPS,
 ) -> LRFindResult:
     """`tlearn lr-find`: the sweep for the run `cfg` describes, saved in `cfg.out`."""
-    from tlearn.training.trainer import default_eval_limit, prepare_run_dir, resolve_strategy
+    from tlearn.training.trainer import load_run_splits, prepare_run_dir, resolve_strategy
 
     cfg.validate()
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
     precision = pick_precision(device, cfg.precision)
-    splits = load_train_splits(
-        cfg.data,
-        data_root=cfg.data_root,
-        val_split=cfg.val_split,
-        seed=cfg.seed,
-        train_limit=cfg.train_limit,
-        eval_limit=default_eval_limit(cfg),
-    )
+    splits = load_run_splits(cfg)
     out = prepare_run_dir(cfg.out, cfg.data)
     strategy = resolve_strategy(cfg, len(splits.train), log)
     return find_for_run(

@@ -152,6 +152,18 @@ def plan_strategy(
     return cfg.strategy
 
 
+def load_run_splits(cfg: TrainConfig) -> Splits:
+    """The train/val splits a run (or its LR sweep) uses: one place decides them."""
+    return load_train_splits(
+        cfg.data,
+        data_root=cfg.data_root,
+        val_split=cfg.val_split,
+        seed=cfg.seed,
+        train_limit=cfg.train_limit,
+        eval_limit=default_eval_limit(cfg),
+    )
+
+
 def resolve_strategy(cfg: TrainConfig, n_train: int, log: Log) -> str:
     """`auto` without a budget: frozen backbone for small data, else gradual unfreezing."""
     if cfg.strategy != "auto":
@@ -186,14 +198,7 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
     precision = "fp32" if cfg.deterministic else pick_precision(device, cfg.precision)
     autocast = autocast_factory(device, precision)
 
-    splits = load_train_splits(
-        cfg.data,
-        data_root=cfg.data_root,
-        val_split=cfg.val_split,
-        seed=cfg.seed,
-        train_limit=cfg.train_limit,
-        eval_limit=default_eval_limit(cfg),
-    )
+    splits = load_run_splits(cfg)
     if cfg.strict:
         refuse_unreadable(splits, log)
     run_dir = prepare_run_dir(cfg.out, cfg.data)
