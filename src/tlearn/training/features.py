@@ -193,7 +193,10 @@ def _backbone_features(backbone, source, pre, cfg, device, precision, descriptio
             compute=len(source) >= 0.5 * len(parent),
         )  # fmt: skip
         if whole is not None:
-            return whole.subset(source.indices)
+            part = whole.subset(source.indices)
+            if log:
+                log(f"{description}: {len(part)} features sliced from the cached whole dataset")
+            return part
     return _cached_or_computed(
         backbone, source, pre, cfg, device, precision, description, flip, log
     )
@@ -205,7 +208,7 @@ def _cached_or_computed(
     key = feature_key(backbone, source, pre, precision, flip)
     hit = load_cached(cache_root(cfg), key)
     if hit is not None:
-        if log:
+        if log and compute:
             log(f"{description}: {len(hit)} cached features reused ({key[:12]})")
         return hit
     if not compute:
