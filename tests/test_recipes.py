@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -13,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 import tlearn
+from runs import assert_same_run, metric_rows
 from tlearn.cli import main
 from tlearn.config import TrainConfig, parse_duration
 from tlearn.errors import TlearnError
@@ -27,21 +27,6 @@ TINY = dict(
     backbone="test_resnet", weights="none", image_size=32, workers=0, batch_size=4,
     val_split=0.25, log=lambda line: None, cache=False,
 )  # fmt: skip
-TIMING = ("images_per_s", "elapsed_s")
-
-
-def metric_rows(run: Path) -> list[dict]:
-    with open(run / "metrics.csv", newline="") as f:
-        return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(f)]
-
-
-def assert_same_run(a: Path, b: Path) -> None:
-    for name in ("last.safetensors", "best.safetensors"):
-        ta, tb = load_file(a / name), load_file(b / name)
-        assert ta.keys() == tb.keys()
-        for k in ta:
-            assert torch.equal(ta[k], tb[k]), f"{name}: {k} differs"
-    assert metric_rows(a) == metric_rows(b)
 
 
 @pytest.fixture

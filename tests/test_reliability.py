@@ -8,7 +8,6 @@ uninterrupted run. Everything else runs in-process.
 
 from __future__ import annotations
 
-import csv
 import errno
 import io
 import os
@@ -25,7 +24,6 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from safetensors.torch import load_file
 
 import tlearn
 from tlearn.checkpoint import read_model_file
@@ -39,13 +37,13 @@ from tlearn.training.state import load_state
 
 sys.path.insert(0, str(Path(__file__).parent))
 from hostile import make_hostile_folder, make_plain_folder  # noqa: E402
+from runs import assert_same_run, metric_rows  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 TINY = dict(
     backbone="test_resnet", weights="none", image_size=32, workers=0, batch_size=4,
     val_split=0.25, deterministic=True, log=lambda line: None,
 )  # fmt: skip
-TIMING = ("images_per_s", "elapsed_s")
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -90,20 +88,6 @@ def wait_for_checkpoints(proc: subprocess.Popen, state: Path, count: int) -> Non
             if stamp != last:
                 last, seen = stamp, seen + 1
         time.sleep(0.003)
-
-
-def metric_rows(run: Path) -> list[dict]:
-    with open(run / "metrics.csv", newline="") as f:
-        return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(f)]
-
-
-def assert_same_run(a: Path, b: Path) -> None:
-    for name in ("last.safetensors", "best.safetensors"):
-        ta, tb = load_file(a / name), load_file(b / name)
-        assert ta.keys() == tb.keys()
-        for k in ta:
-            assert torch.equal(ta[k], tb[k]), f"{name}: {k} differs"
-    assert metric_rows(a) == metric_rows(b)
 
 
 @pytest.fixture(scope="module")
