@@ -68,3 +68,26 @@ def make_image_folder(tmp_path: Path) -> Callable[..., Path]:
 def _private_tlearn_cache(tmp_path_factory, monkeypatch):
     """Feature caches of tests go to a temporary folder, never the user's ~/.cache."""
     monkeypatch.setenv("TLEARN_CACHE_DIR", str(tmp_path_factory.mktemp("tlearn-cache")))
+
+
+@pytest.fixture
+def no_network(tmp_path, monkeypatch):
+    """Empty weight caches, and every download path fails at once: what an offline machine sees."""
+    import huggingface_hub.constants as hfc
+    import torch
+
+    from tlearn.models import weights as W
+
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "torch_hub"))
+    monkeypatch.setattr(hfc, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(W, "can_download", lambda url: False)
+
+    def no_download(*a, **k):
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    yield
+    torch.hub.set_dir(old)

@@ -16,28 +16,9 @@ from tlearn.models import (
     list_backbones,
     resolve,
 )
-from tlearn.models import weights as W
 
-
-@pytest.fixture(autouse=True)
-def offline(tmp_path, monkeypatch):
-    """No test may reach the network: empty caches, and every download path fails at once."""
-    import huggingface_hub.constants as hfc
-
-    hub = tmp_path / "torch_hub"
-    old = torch.hub.get_dir()
-    torch.hub.set_dir(str(hub))
-    monkeypatch.setattr(hfc, "HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(W, "can_download", lambda url: False)
-
-    def no_download(*a, **k):
-        raise OSError("network disabled in tests")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
-    yield
-    torch.hub.set_dir(old)
+# No test here may reach the network (the shared fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("no_network")
 
 
 def _all_params_once(backbone) -> None:

