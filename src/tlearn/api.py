@@ -15,7 +15,13 @@ from tlearn.evaluation import Report, compute_report
 from tlearn.models import Classifier, build_fusion, build_head, create_backbone
 from tlearn.models.normalize import NormalizedBackbone
 from tlearn.preprocessing import Preprocessing, model_input
-from tlearn.training.runtime import inference_module, pick_device, pick_precision
+from tlearn.training.runtime import (
+    inference_batch_size,
+    inference_module,
+    pick_device,
+    pick_precision,
+    tune_allocator,
+)
 
 
 @dataclass
@@ -57,7 +63,7 @@ class Model:
         *,
         data_root: str | None = None,
         eval_limit: int | None = None,
-        batch_size: int = 256,
+        batch_size: int | None = None,
         device: str = "auto",
         precision: str = "auto",
         workers: int | None = None,
@@ -72,13 +78,15 @@ class Model:
         from tlearn.training import loop
         from tlearn.training.features import image_loader
 
+        tune_allocator()
         source = load_eval_source(
             data, data_root=data_root, eval_limit=eval_limit, seed=seed, classes=self.classes
         )
         dev = pick_device(device)
         chosen = pick_precision(dev, precision)
-        cfg = TrainConfig(data=data, batch_size=batch_size, workers=workers)
         classifier, pre = self.classifier, self.input_preprocessing
+        batch_size = inference_batch_size(dev, pre.input_size, batch_size)
+        cfg = TrainConfig(data=data, batch_size=batch_size, workers=workers)
         if tta:
             from tlearn.deploy.tta import flips_allowed, with_tta
 

@@ -56,6 +56,7 @@ def _first_that_parses(choices: list) -> type:
     return parse  # type: ignore[return-value]
 
 
+BATCH_HELP = "images per batch (default: what runs fastest on this device)"
 TTA_HELP = "test-time augmentation: average flipped and multi-crop views (12x the compute)"
 
 
@@ -107,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("data", help="dataset spec (built-in sets use their test split)")
     evaluate.add_argument("--data-root", default=None)
     evaluate.add_argument("--eval-limit", type=int, default=None)
-    evaluate.add_argument("--batch-size", type=int, default=256)
+    evaluate.add_argument("--batch-size", type=int, default=None, help=BATCH_HELP)
     evaluate.add_argument("--device", default="auto")
     evaluate.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     evaluate.add_argument("--workers", type=int, default=None)
@@ -149,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ens.add_argument("--data-root", default=None)
     ens.add_argument("--eval-limit", type=int, default=None, help="fit on N validation images")
-    ens.add_argument("--batch-size", type=int, default=256)
+    ens.add_argument("--batch-size", type=int, default=None, help=BATCH_HELP)
     ens.add_argument("--device", default="auto")
     ens.add_argument("--workers", type=int, default=None)
 
@@ -334,6 +335,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     warnings.showwarning = _one_line_warning
     args = build_parser().parse_args(argv)
+    from tlearn.training.runtime import tune_allocator
+
+    tune_allocator()  # every command runs networks on batches: see its docstring
     try:
         return COMMANDS[args.command](args)
     except TlearnError as e:

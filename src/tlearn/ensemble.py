@@ -161,7 +161,7 @@ def member_probabilities_on(
     *,
     data_root: str | None = None,
     eval_limit: int | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     device: str = "auto",
     workers: int | None = None,
 ) -> tuple[Tensor, Tensor]:
@@ -174,7 +174,12 @@ def member_probabilities_on(
     from tlearn.data import load_train_splits
     from tlearn.training import loop
     from tlearn.training.features import image_loader
-    from tlearn.training.runtime import autocast_factory, pick_device, pick_precision
+    from tlearn.training.runtime import (
+        autocast_factory,
+        inference_batch_size,
+        pick_device,
+        pick_precision,
+    )
 
     assert isinstance(model.classifier, EnsembleClassifier)
     config = model.spec.ensemble["members"][0].get("config", {})
@@ -204,6 +209,7 @@ def member_probabilities_on(
 
     dev = pick_device(device)
     autocast = autocast_factory(dev, pick_precision(dev, "auto"))
+    batch_size = inference_batch_size(dev, model.input_preprocessing.input_size, batch_size)
     cfg = TrainConfig(data=data, batch_size=batch_size, workers=workers)
     loader = image_loader(splits.val, model.input_preprocessing, cfg, train=False)
     pred = loop.predict_all(_Flat(model.classifier).to(dev), loader, dev, autocast, "fit weights")
@@ -221,7 +227,7 @@ def ensemble(
     fit_weights: str | None = None,
     data_root: str | None = None,
     eval_limit: int | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     device: str = "auto",
     workers: int | None = None,
     log=print,

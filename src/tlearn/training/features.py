@@ -37,7 +37,12 @@ from tlearn.data.fingerprint import fingerprint
 from tlearn.errors import TlearnError
 from tlearn.preprocessing import Preprocessing
 from tlearn.training.balance import draw_order
-from tlearn.training.runtime import default_workers, inference_module
+from tlearn.training.runtime import (
+    compile_module,
+    default_workers,
+    inference_batch_size,
+    inference_module,
+)
 
 
 def image_loader(
@@ -233,8 +238,11 @@ def compute_features(
     *,
     flip: bool = False,
 ) -> FeatureSet:
-    loader = image_loader(source, pre, cfg, train=False, batch_size=max(cfg.batch_size, 256))
+    batch = inference_batch_size(device, pre.input_size)
+    loader = image_loader(source, pre, cfg, train=False, batch_size=batch)
     extractor, dtype, autocast = inference_backbone(backbone, device, precision)
+    if cfg.compile:
+        compile_module(extractor)
     feats, flips, labels, indices = [], [], [], []
     with torch.inference_mode():
         for batch in tqdm(loader, desc=description, leave=False, disable=None, unit="batch"):

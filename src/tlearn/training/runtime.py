@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -49,6 +50,56 @@ def autocast_factory(device: torch.device, precision: str) -> Callable[[], Abstr
         return contextlib.nullcontext
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def inference_batch_size(device: torch.device, image_size: int, asked: int | None = None) -> int:
+    """Images per inference batch: `asked`, else what keeps a CPU's caches warm.
+
+    On a CPU, throughput peaks when one batch's activations fit in cache: measured on Lite0 at
+    64 px here, batch 64 ran 1,850 images/s and batch 256 only 1,150. About 2**18 input pixels
+    per batch (64 images of 64 px, 8 of 224 px) sits at that peak. GPUs want large batches.
+    """
+    if asked:
+        return int(asked)
+    if device.type != "cpu":
+        return 256
+    fitting = max(1, (2**18) // max(1, int(image_size) ** 2))
+    return max(8, min(256, 2 ** round(math.log2(fitting))))
+
+
+_ALLOCATOR_TUNED = False
+
+
+def tune_allocator() -> bool:
+    """Keep freed tensor memory in the process instead of handing it back to the OS each step.
+
+    glibc serves blocks over its mmap threshold (128 KiB at start) with fresh pages that the
+    kernel must zero on first touch, and returns them on free; every batch's activations paid
+    that again. Raising the threshold and the trim/pad sizes (what jemalloc or tcmalloc, the
+    allocators PyTorch's CPU tuning guide recommends, do by design) made Lite0 inference at 64 px
+    1.45x faster here (1,380 -> 2,000 images/s) and training 5-15% faster, for a few hundred MiB
+    of memory kept for reuse. Linux/glibc only; elsewhere nothing changes. Returns whether set.
+    """
+    global _ALLOCATOR_TUNED
+    if _ALLOCATOR_TUNED:
+        return True
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mib = 2**20
+        m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # from <malloc.h>
+        ok = libc.mallopt(m_mmap_threshold, 256 * mib) == 1
+        ok = libc.mallopt(m_trim_threshold, 512 * mib) == 1 and ok
+        ok = libc.mallopt(m_top_pad, 256 * mib) == 1 and ok
+    except (OSError, AttributeError):
+        return False
+    _ALLOCATOR_TUNED = ok
+    return ok
 
 
 def default_workers() -> int:
@@ -192,3 +243,17 @@ def inference_module(
             contextlib.nullcontext,
         )
     return module.to(device).eval(), torch.float32, autocast_factory(device, precision)
+
+
+def compile_module(module: torch.nn.Module) -> torch.nn.Module:
+    """`--compile`: torch.compile the module in place (its state-dict keys stay the same).
+
+    Worth it for long runs only: on this project's 2-core CPU compiling Lite0's training step
+    took 77 s. A network the compiler cannot handle (or a machine without a C++ compiler) runs
+    eagerly instead of failing: the flag is a speed hint, never a reason to lose a run.
+    """
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True
+    module.compile(dynamic=False)
+    return module
