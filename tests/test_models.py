@@ -43,7 +43,8 @@ def test_mlp_head_is_the_articles_stack():
     assert [(m.in_features, m.out_features) for m in linears] == [(512, 256), (256, 128), (128, 10)]
     kinds = [type(m) for m in head]
     assert kinds == [nn.Linear, nn.ReLU, nn.Dropout] * 2 + [nn.Linear]
-    assert all(m.p == 0.5 for m in head if isinstance(m, nn.Dropout))
+    # 0.2, not the article's 0.5: measured better on frozen Lite0 features (see heads.py)
+    assert all(m.p == 0.2 for m in head if isinstance(m, nn.Dropout))
     assert head(torch.randn(4, 512)).shape == (4, 10)
 
 

@@ -71,7 +71,7 @@ class TrainConfig:
     )
     head: str = opt("linear", "classifier head on top of the pooled features", HEADS)
     hidden: str = opt("256,128", "hidden layer sizes of the mlp head, comma separated")
-    dropout: float = opt(0.5, "dropout between the mlp head's layers")
+    dropout: float = opt(0.2, "dropout between the mlp head's layers")
     strategy: str = opt(
         "auto",
         "what trains: linear-probe, freeze:N (first N stages frozen), finetune, gradual, auto",
@@ -113,6 +113,16 @@ class TrainConfig:
     )
     batch_size: int = opt(128, "images per step")
     image_size: int | None = opt(None, "input resolution (default: the backbone's own)")
+    compile: bool = opt(
+        False,
+        "torch.compile the network: faster steps after a compilation of a minute or more on a "
+        "CPU (worth it for long runs)",
+    )
+    progressive: int | None = opt(
+        None,
+        "progressive resizing: train the first epoch at this size, growing to --image-size by "
+        "the last epoch (faster epochs; validation and the model use the full size)",
+    )
     augment: str = opt(
         "none",
         "training augmentation: none, flip, light (random resized crops + flips), medium "
@@ -246,6 +256,8 @@ class TrainConfig:
                 _check_range(name, getattr(self, name), 0.0, 10.0)
         if self.image_size is not None:
             _check_range("image_size", self.image_size, 16, 2048)
+        if self.progressive is not None:
+            _check_range("progressive", self.progressive, 16, 2048)
         for name in ("train_limit", "eval_limit"):
             if getattr(self, name) is not None:
                 _check_range(name, getattr(self, name), 2, 10**9)
