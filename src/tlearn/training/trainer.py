@@ -29,7 +29,7 @@ from tlearn.files import atomic_write_text
 from tlearn.models import Backbone, Classifier, build_fusion, build_head, create_backbone
 from tlearn.models.normalize import NormalizedBackbone
 from tlearn.preprocessing import Preprocessing, model_input
-from tlearn.training import loop
+from tlearn.training import loop, progressive
 from tlearn.training.balance import class_weights, per_class_recall, sample_weights
 from tlearn.training.ema import WeightAverage
 from tlearn.training.features import FeatureLoader, extract_features, image_loader
@@ -38,12 +38,15 @@ from tlearn.training.order import EpochBatches, EpochSampler, batches_per_epoch
 from tlearn.training.planner import time_before_fit
 from tlearn.training.runtime import (
     autocast_factory,
+    compile_module,
     deterministic_algorithms,
     flush_denormals,
+    inference_batch_size,
     pick_device,
     pick_precision,
     probe_training_precision,
     seed_everything,
+    tune_allocator,
 )
 from tlearn.training.schedule import build_scheduler
 from tlearn.training.state import (
@@ -68,6 +71,9 @@ from tlearn.training.strategies import (
 )
 
 Log = Callable[[str], None]
+# `--budget` stops before an epoch that would end past this share of the budget: 5% over is
+# better spent finishing a planned schedule (its last, low-rate steps) than cutting it short.
+BUDGET_OVERRUN = 1.05
 
 
 @dataclass
@@ -180,6 +186,7 @@ def fit(cfg: TrainConfig, log: Log = print, *, resume: bool = False) -> RunResul
     saying how to resume). The pixel limit and deterministic kernels hold for the run only.
     """
     cfg.validate()
+    tune_allocator()
     with (
         max_image_pixels(cfg.max_image_pixels),
         deterministic_algorithms(cfg.deterministic),
@@ -269,6 +276,9 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
         fusion=cfg.fusion,
         config=resolved.to_dict(),
     )
+    if cfg.compile and not use_features:
+        log("compiling the network (torch.compile): the first steps wait for it")
+        compile_module(model)
     trainer = _Epochs(cfg, model, spec, splits, run_dir, device, autocast, log, stop, state)
     trainer.setup_s = time.perf_counter() - started
     if use_features:
@@ -392,6 +402,7 @@ class _Epochs:
         self.setup_s = 0.0  # time before the epochs began (loading, planning), for --budget
         self.budget_s = parse_duration(cfg.budget) if cfg.budget else None
         self.epoch_started = time.perf_counter()
+        self.size_note = ""  # " (32px)" while progressive resizing trains below the full size
         self.ema: WeightAverage | None = None
         self.ema_module: nn.Module | None = None
         self.early = EarlyStopping(cfg.patience, cfg.monitor)
@@ -462,7 +473,13 @@ class _Epochs:
         for i, _ in getattr(train_loader, "skipped", []):  # the decode-once path found them
             self.note_skipped("train", i)
         val_loader = (
-            image_loader(self.splits.val, pre, cfg, train=False)
+            image_loader(
+                self.splits.val,
+                pre,
+                cfg,
+                train=False,
+                batch_size=inference_batch_size(self.device, pre.input_size),
+            )  # fmt: skip
             if self.splits.val is not None
             else None
         )
@@ -483,6 +500,13 @@ class _Epochs:
                 self.note_skipped("val", i)
             return pred
 
+        full = pre.input_size
+        sizes = progressive.schedule(cfg.epochs, cfg.progressive, full)
+        size_of = None
+        if sizes[0] < full:
+            size_of = sizes.__getitem__
+            self.log(f"progressive resizing: epochs at {', '.join(f'{s}px' for s in sizes)}")
+
         first = 0
         for index, phase in enumerate(phases):
             if self.position.epoch < first + phase.epochs and not self.position.finished:
@@ -499,8 +523,9 @@ class _Epochs:
                     "parameters"
                 )
                 run = _PhaseRun(
-                    index, first, phase.epochs, self.model, optimizer, scheduler, set_mode
-                )
+                    index, first, phase.epochs, self.model, optimizer, scheduler, set_mode,
+                    size_of=size_of, full_size=full,
+                )  # fmt: skip
                 self.train_phase(run, train_loader, evaluate)
             first += phase.epochs
         self.apply_pending(self.model)
@@ -528,20 +553,23 @@ class _Epochs:
             ) -> None:
                 self.after_step(run, batches, batch, progress)
 
+            size = run.size_of(epoch) if run.size_of else None  # progressive resizing
+            self.size_note = f" ({size}px)" if size and size != run.full_size else ""
             try:
-                stats = loop.train_one_epoch(
-                    run.module,
-                    batches,
-                    run.optimizer,
-                    run.scheduler,
-                    self.loss_fn,
-                    self.device,
-                    self.autocast,
-                    run.set_mode,
-                    f"epoch {epoch + 1}/{cfg.epochs}",
-                    progress=progress,
-                    after_step=after_step,
-                )
+                with progressive.training_size(run.module, loader, size or 0, run.full_size):
+                    stats = loop.train_one_epoch(
+                        run.module,
+                        batches,
+                        run.optimizer,
+                        run.scheduler,
+                        self.loss_fn,
+                        self.device,
+                        self.autocast,
+                        run.set_mode,
+                        f"epoch {epoch + 1}/{cfg.epochs}{self.size_note}",
+                        progress=progress,
+                        after_step=after_step,
+                    )
                 self.check_finite(run.module, progress.step)
                 self.end_epoch(run, stats, evaluate)
             except loop.NonFiniteLoss as e:
@@ -596,14 +624,14 @@ class _Epochs:
         """Evaluate and save (the averaged weights with --ema), then decide whether to go on."""
         with self.averaged(run.module):
             row = self.record_epoch(run, stats, evaluate())
-        reason = self.stop_reason(row)
+        reason = self.stop_reason(row, run)
         if reason and not self.position.finished:
             self.position.finished = True
             self.log(f"stopping after epoch {row['epoch']}: {reason}")
         if not self.failed_saves & {"metrics.csv", "last.safetensors", "best.safetensors"}:
             self.save_state(run)  # last, and only over whole files: resume redoes a failed epoch
 
-    def stop_reason(self, row: dict) -> str | None:
+    def stop_reason(self, row: dict, run: _PhaseRun | None = None) -> str | None:
         """Early stopping (--patience) or a budget the next epoch would overrun (--budget)."""
         if self.early.update(row):
             return (
@@ -612,8 +640,14 @@ class _Epochs:
             )
         if self.budget_s is not None and not self.position.finished:
             used = self.setup_s + self.elapsed()
-            next_end = used + (time.perf_counter() - self.epoch_started)
-            if next_end > self.budget_s:
+            last = time.perf_counter() - self.epoch_started
+            if run is not None and run.size_of and row["epoch"] < self.cfg.epochs:
+                # progressive resizing: the next epoch has larger images than this one
+                now, then = run.size_of(row["epoch"] - 1), run.size_of(row["epoch"])
+                full = run.full_size
+                last *= progressive.relative_cost(then, full) / progressive.relative_cost(now, full)
+            next_end = used + last
+            if next_end > BUDGET_OVERRUN * self.budget_s:
                 return (
                     f"another epoch would end near {next_end:.0f}s, past the "
                     f"{self.budget_s:.0f}s budget (--budget {self.cfg.budget})"
@@ -653,7 +687,8 @@ class _Epochs:
             f"val_loss {val_loss:.4f}  val_acc {val_acc:.4f}" if val_acc is not None else "no val"
         )
         self.log(
-            f"epoch {epoch}/{self.cfg.epochs}  train_loss {stats.loss:.4f}  {val_text}  "
+            f"epoch {epoch}/{self.cfg.epochs}{self.size_note}  train_loss {stats.loss:.4f}  "
+            f"{val_text}  "
             f"{stats.images_per_second:,.0f} img/s  {elapsed:.1f}s"
         )
         self.position = Position(phase=run.index, epoch=epoch, finished=epoch >= self.cfg.epochs)
@@ -843,6 +878,9 @@ class _PhaseRun:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     set_mode: Callable[[], Any]
+    # The training image size of an epoch (progressive resizing); None: always the full size.
+    size_of: Callable[[int], int] | None = None
+    full_size: int = 0
 
     @property
     def end(self) -> int:
