@@ -20,6 +20,7 @@ import argparse
 import csv
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -52,6 +53,8 @@ def one_budget(budget: str, extra: list[str], work: Path, env: dict[str, str]) -
     run = work / f"budget-{budget}"
     train_args = ["train", "fashion-mnist", "--budget", budget, *extra, "--out", str(run)]
     train_s, log = tlearn(train_args, env)
+    # the largest child so far: runs go in increasing budget order, so mostly this one
+    peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     eval_args = ["evaluate", str(run), "fashion-mnist", "--json"]
     if "--eval-limit" in extra:
         eval_args += ["--eval-limit", extra[extra.index("--eval-limit") + 1]]
@@ -69,7 +72,12 @@ def one_budget(budget: str, extra: list[str], work: Path, env: dict[str, str]) -
         "within_10pct": train_s <= 1.10 * limit,
         "test_accuracy": accuracy,
         "evaluate_wall_s": round(eval_s, 1),
-        "plan": {k: plan[k] for k in ("strategy", "image_size", "epochs", "lr", "estimated_s")},
+        "peak_rss_gib_so_far": round(peak_gib, 2),
+        "run_dir": str(run),
+        "plan": {
+            k: plan.get(k)
+            for k in ("strategy", "image_size", "epochs", "lr", "augment", "estimated_s")
+        },
         "epochs_run": epochs_run,
         "command": "tlearn " + " ".join(a for a in train_args[:-2]),
         "plan_log": [line for line in log.splitlines() if "plan" in line or "because" in line],
@@ -82,6 +90,7 @@ def main() -> None:
     parser.add_argument("--train-limit", type=int, help="train on N images (smoke runs)")
     parser.add_argument("--eval-limit", type=int, help="validate and test on N images")
     parser.add_argument("--tag", default="", help="suffix of the result files")
+    parser.add_argument("--keep", help="keep the run folders here (for fastai_compare.py)")
     args = parser.parse_args()
     budgets = args.budget or ["10m", "30m"]
     extra: list[str] = []
@@ -90,13 +99,14 @@ def main() -> None:
     if args.eval_limit:
         extra += ["--eval-limit", str(args.eval_limit)]
     work = Path(tempfile.mkdtemp(prefix="tlearn-budget-"))
+    runs = Path(args.keep) if args.keep else work
     path = os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1",
            "TLEARN_CACHE_DIR": str(work / "cache")}  # fmt: skip
     rows = []
     try:
         for budget in budgets:
-            row = one_budget(budget, extra, work, env)
+            row = one_budget(budget, extra, runs, env)
             rows.append(row)
             print(json.dumps(row), flush=True)
     finally:
@@ -113,7 +123,7 @@ def main() -> None:
         lines.append(
             f"| {r['budget']} | {r['train_wall_s']} | {r['wall_over_budget']:.2f} | "
             f"{r['test_accuracy']:.4f} | {p['strategy']} {p['image_size']}px x{p['epochs']} "
-            f"lr {p['lr']:g} | {r['epochs_run']} | `{r['command']}` |"
+            f"lr {p['lr']:g} augment {p['augment']} | {r['epochs_run']} | `{r['command']}` |"
         )
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -19,7 +19,7 @@ from tlearn.errors import TlearnError
 from tlearn.training.balance import class_weights, draw_order, per_class_recall, sample_weights
 from tlearn.training.ema import WeightAverage
 from tlearn.training.interrupt import Interrupted
-from tlearn.training.planner import PlanInputs, Throughput, make_plan
+from tlearn.training.planner import PlanInputs, Throughput, early_stages, make_plan
 from tlearn.training.state import load_state
 from tlearn.training.stopping import EarlyStopping
 
@@ -91,9 +91,10 @@ def test_tiny_budget_probes_frozen_features():
 def test_ten_minutes_fine_tunes_as_many_epochs_as_fit_at_64px():
     plan = make_plan(inputs(600))
     assert plan.strategy == "finetune" and plan.image_size == 64
-    assert plan.epochs == 2  # ~227 s an epoch with validation: 3 would overrun 600 s
+    assert plan.epochs == 3  # ~165 s an epoch with validation: 4 would overrun 600 s
+    assert plan.augment == "flip"  # a few epochs: flips only
     assert plan.schedule == "onecycle"
-    assert plan.estimated_s <= 600 * 0.95
+    assert plan.estimated_s <= 600
 
 
 def test_more_budget_buys_epochs_then_pixels_and_stays_inside():
@@ -105,6 +106,22 @@ def test_more_budget_buys_epochs_then_pixels_and_stays_inside():
         assert plan.epochs * plan.image_size**2 >= previous  # never less compute for more time
         previous = plan.epochs * plan.image_size**2
     assert make_plan(inputs(36_000)).image_size > 64  # a long budget grows the images
+
+
+def test_early_stages_are_those_with_few_weights():
+    lite0 = [928, 896, 13968, 39712, 198480, 446784, 1652640, 1017600]  # its 8 stages' sizes
+    assert early_stages(lite0) == 4  # 1.6% of the weights, most of the step's time at 64 px
+    assert early_stages([9536, 147968, 525568, 2099712, 8393728]) == 2  # resnet18's
+    assert early_stages([10, 10]) == 0  # never the whole backbone
+    assert early_stages([]) == 0
+
+
+def test_a_budget_fine_tune_keeps_the_early_stages_frozen():
+    plan = make_plan(inputs(600, frozen_stages=4))
+    assert plan.strategy == "freeze:4"
+    assert any("first 4 backbone stages" in r for r in plan.reasons)
+    small = make_plan(inputs(600, n_train=500, n_val=100, classes=10, frozen_stages=4))
+    assert small.strategy == "gradual"  # little data thaws everything, top first
 
 
 def test_little_data_per_class_unfreezes_gradually():
