@@ -306,3 +306,27 @@ def test_resume_with_ema_and_patience_gives_the_same_run(unbalanced, tmp_path, m
     assert state["ema"] is not None and state["early"]["patience"] == 2
     tlearn.train(resume=str(tmp_path / "b"), log=TINY["log"])
     assert_same_run(tmp_path / "a", tmp_path / "b")
+
+
+def test_the_probe_runs_the_network_at_each_candidate_size(monkeypatch):
+    """The backbones resize inputs to their own size: a probe that forgot it timed one size."""
+    from tlearn.models import create_backbone
+    from tlearn.models.normalize import NormalizedBackbone
+    from tlearn.training.planner import measure_throughput
+    from tlearn.training.runtime import autocast_factory
+    from tlearn.training.trainer import build_classifier
+
+    seen: list[tuple[int, int]] = []
+    original = NormalizedBackbone.forward
+
+    def forward(self, images):
+        seen.append((images.shape[-1], self.input_size))
+        return original(self, images)
+
+    monkeypatch.setattr(NormalizedBackbone, "forward", forward)
+    model = build_classifier([create_backbone("test_resnet", "none", 32)], 2, TrainConfig(data="x"))
+    plain = autocast_factory(torch.device("cpu"), "fp32")
+    measured = measure_throughput(model, [32, 64], torch.device("cpu"), plain, plain, batch=2)
+    assert [t.image_size for t in measured] == [32, 64]
+    assert {size for size, own in seen} == {32, 64} and all(s == o for s, o in seen)
+    assert model.backbones[0].input_size == 32  # the run's model is left as it was

@@ -307,6 +307,9 @@ def measure_throughput(
     optimizer = torch.optim.AdamW(params, lr=1e-6)
     results = []
     for size in sizes:
+        # the backbones resize their input to their own size: probe at `size`, not theirs
+        for b in getattr(trial, "backbones", []):
+            b.input_size = size
         x = torch.rand(batch, 3, size, size, device=device)
         x = x.contiguous(memory_format=torch.channels_last)
         y = torch.zeros(batch, dtype=torch.long, device=device)
