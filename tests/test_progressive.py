@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import signal
-
 import pytest
 import torch
 
 import tlearn
-from runs import assert_same_run
+from runs import InterruptingLoss, assert_same_run
 from tlearn.data.decoded import DecodedImages, DecodedLoader
 from tlearn.data.sources import ArraySource
 from tlearn.training import progressive
@@ -87,25 +84,14 @@ def test_a_run_trains_small_first_and_saves_a_full_size_model(
     assert all(b.input_size == 32 for b in result.classifier.backbones)
 
 
-class _InterruptingLoss(torch.nn.CrossEntropyLoss):
-    at, calls = 0, 0
-
-    def forward(self, logits, labels):
-        cls = type(self)
-        cls.calls += 1
-        if cls.calls == cls.at:
-            os.kill(os.getpid(), signal.SIGINT)
-        return super().forward(logits, labels)
-
-
 def test_a_resumed_progressive_run_equals_an_uninterrupted_one(
     make_image_folder, tmp_path, monkeypatch
 ):
     data = make_image_folder(n=8)
     options = dict(TINY, epochs=3, progressive=16, deterministic=True, checkpoint_every=1)
     tlearn.train(str(data), out=str(tmp_path / "a"), **options)
-    _InterruptingLoss.at, _InterruptingLoss.calls = 7, 0  # in epoch 2 (24 px), 3 steps an epoch
-    monkeypatch.setattr(torch.nn, "CrossEntropyLoss", _InterruptingLoss)
+    InterruptingLoss.at, InterruptingLoss.calls = 7, 0  # in epoch 2 (24 px), 3 steps an epoch
+    monkeypatch.setattr(torch.nn, "CrossEntropyLoss", InterruptingLoss)
     with pytest.raises(Interrupted):
         tlearn.train(str(data), out=str(tmp_path / "b"), **options)
     monkeypatch.undo()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -12,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import tlearn
-from runs import assert_same_run, metric_rows
+from runs import InterruptingLoss, assert_same_run, metric_rows
 from tlearn.cli import main
 from tlearn.config import TrainConfig, parse_duration
 from tlearn.errors import TlearnError
@@ -281,24 +279,11 @@ def test_same_seed_gives_the_same_metrics(unbalanced, tmp_path, path):
     assert_same_run(tmp_path / "a", tmp_path / "b")
 
 
-class _InterruptingLoss(torch.nn.CrossEntropyLoss):
-    """Cross-entropy that sends itself SIGINT at call `at` (Ctrl-C in the middle of an epoch)."""
-
-    at, calls = 0, 0
-
-    def forward(self, logits, labels):
-        cls = type(self)
-        cls.calls += 1
-        if cls.calls == cls.at:
-            os.kill(os.getpid(), signal.SIGINT)
-        return super().forward(logits, labels)
-
-
 def test_resume_with_ema_and_patience_gives_the_same_run(unbalanced, tmp_path, monkeypatch):
     options = dict(TINY, strategy="finetune", deterministic=True, **RECIPES)
     tlearn.train(str(unbalanced), out=str(tmp_path / "a"), **options)
-    _InterruptingLoss.at, _InterruptingLoss.calls = 6, 0  # epoch 2 (4 steps an epoch), step 2
-    monkeypatch.setattr(torch.nn, "CrossEntropyLoss", _InterruptingLoss)
+    InterruptingLoss.at, InterruptingLoss.calls = 6, 0  # epoch 2 (4 steps an epoch), step 2
+    monkeypatch.setattr(torch.nn, "CrossEntropyLoss", InterruptingLoss)
     with pytest.raises(Interrupted):
         tlearn.train(str(unbalanced), out=str(tmp_path / "b"), **options)
     monkeypatch.undo()

@@ -90,3 +90,24 @@ def test_atomic_write_keeps_old_file_when_writing_fails(tmp_path):
         atomic_write(target, broken)
     assert target.read_text() == "good"
     assert [p.name for p in tmp_path.iterdir()] == ["model.bin"]
+
+
+def test_inference_batches_fit_a_cpu_cache_and_gpus_get_large_ones():
+    from tlearn.training.runtime import inference_batch_size
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert inference_batch_size(cpu, 64) == 64  # measured fastest for Lite0 at 64 px
+    assert inference_batch_size(cpu, 224) == 8
+    assert inference_batch_size(cpu, 16) == 256  # capped
+    assert inference_batch_size(gpu, 64) == 256
+    assert inference_batch_size(cpu, 64, asked=17) == 17  # the user's --batch-size wins
+
+
+def test_allocator_tuning_applies_on_glibc_only_and_once():
+    import platform
+
+    from tlearn.training.runtime import tune_allocator
+
+    expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert tune_allocator() is expected
+    assert tune_allocator() is expected  # idempotent
