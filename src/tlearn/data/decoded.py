@@ -48,6 +48,7 @@ from tlearn.data.augment import (
     crop_scale,
     policy_transform,
     preset,
+    random_boxes,
     random_erase,
 )
 from tlearn.data.sources import ArraySource, ImageSource, SubsetSource
@@ -314,18 +315,8 @@ def random_resized_boxes(
     Each image gets `attempts` tries at once; the first that fits is kept, and images where none
     fits fall back to the largest centred crop of an allowed aspect ratio.
     """
-    area = height * width
-    target = torch.empty(n, attempts).uniform_(scale[0], scale[1], generator=generator) * area
-    log_ratio = torch.empty(n, attempts).uniform_(
-        math.log(ratio[0]), math.log(ratio[1]), generator=generator
-    )
-    aspect = torch.exp(log_ratio)
-    w = torch.sqrt(target * aspect).round()
-    h = torch.sqrt(target / aspect).round()
-    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    first = ok.to(torch.uint8).argmax(dim=1, keepdim=True)
-    w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)
-    # fallback: the whole image, narrowed to the ratio range (torchvision's rule)
+    boxes, found = random_boxes(n, height, width, scale, ratio, generator, attempts)
+    # fallback: the whole image, narrowed to the ratio range (torchvision's rule), centred
     in_ratio = width / height
     if in_ratio < ratio[0]:
         fw, fh = width, round(width / ratio[0])
@@ -333,13 +324,10 @@ def random_resized_boxes(
         fw, fh = round(height * ratio[1]), height
     else:
         fw, fh = width, height
-    found = ok.any(dim=1)
-    w = torch.where(found, w, torch.full_like(w, fw))
-    h = torch.where(found, h, torch.full_like(h, fh))
-    u = torch.rand(n, 2, generator=generator)
-    top = torch.where(found, (u[:, 0] * (height - h + 1)).floor(), ((height - h) / 2).round())
-    left = torch.where(found, (u[:, 1] * (width - w + 1)).floor(), ((width - w) / 2).round())
-    return torch.stack([left, top, left + w, top + h], dim=1)
+    left = torch.tensor((width - fw) / 2).round()
+    top = torch.tensor((height - fh) / 2).round()
+    fallback = torch.stack([left, top, left + fw, top + fh]).to(boxes.dtype)
+    return torch.where(found[:, None], boxes, fallback)
 
 
 def crop_resize(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
