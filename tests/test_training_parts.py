@@ -111,3 +111,11 @@ def test_allocator_tuning_applies_on_glibc_only_and_once():
     expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
     assert tune_allocator() is expected
     assert tune_allocator() is expected  # idempotent
+
+
+@pytest.mark.parametrize("bad", [0, -5])
+def test_a_bad_inference_batch_size_is_one_sentence(bad):
+    from tlearn.training.runtime import inference_batch_size
+
+    with pytest.raises(TlearnError, match=r"--batch-size .* out of range"):
+        inference_batch_size(torch.device("cpu"), 64, asked=bad)

@@ -29,6 +29,8 @@ BALANCES = ("none", "weighted-loss", "sampler")
 
 # Learning rates that work out of the box: a head alone tolerates a high rate, a whole pretrained
 # network needs a low one (or it forgets what ImageNet taught it).
+MAX_BATCH_SIZE = 1 << 16
+
 DEFAULT_LR = {
     ("sgd", "linear-probe"): 0.1,
     ("sgd", "freeze"): 0.02,
@@ -236,7 +238,7 @@ class TrainConfig:
         if self.head == "mlp" and (not sizes or min(sizes) < 1):
             raise TlearnError(f"--hidden {self.hidden!r} must be positive sizes like 256,128")
         _check_range("epochs", self.epochs, 1, 100_000)
-        _check_range("batch_size", self.batch_size, 1, 1 << 16)
+        check_batch_size(self.batch_size)
         _check_range("dropout", self.dropout, 0.0, 0.99)
         _check_range("label_smoothing", self.label_smoothing, 0.0, 0.99)
         _check_range("val_split", self.val_split, 0.0, 0.9)
@@ -354,6 +356,12 @@ def parse_duration(text: str | int | float) -> float:
     if not parts or seconds <= 0:
         raise TlearnError(f"--budget {text!r} must be a duration like 90s, 10m, 2h or 1h30m")
     return seconds
+
+
+def check_batch_size(value: int) -> int:
+    """The one rule for every command's --batch-size (train, evaluate, predict, ensemble)."""
+    _check_range("batch_size", value, 1, MAX_BATCH_SIZE)
+    return int(value)
 
 
 def _check_range(name: str, value: Any, lo: float, hi: float) -> None:

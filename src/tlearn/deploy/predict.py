@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from tlearn.config import check_batch_size
 from tlearn.data import build_transform, find_images, open_image
 from tlearn.errors import TlearnError
 
@@ -18,6 +19,7 @@ def predict_paths(
 
     if topk < 1:
         raise TlearnError(f"--topk {topk} must be at least 1")
+    batch_size = check_batch_size(batch_size)
     files = find_images(paths)
     pre, classifier = model.input_preprocessing, model.classifier.eval()
     if tta:  # the model then returns log-probabilities: the softmax below gives them back

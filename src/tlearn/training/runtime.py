@@ -10,6 +10,7 @@ from contextlib import AbstractContextManager
 
 import torch
 
+from tlearn.config import check_batch_size
 from tlearn.errors import TlearnError
 
 
@@ -59,8 +60,8 @@ def inference_batch_size(device: torch.device, image_size: int, asked: int | Non
     64 px here, batch 64 ran 1,850 images/s and batch 256 only 1,150. About 2**18 input pixels
     per batch (64 images of 64 px, 8 of 224 px) sits at that peak. GPUs want large batches.
     """
-    if asked:
-        return int(asked)
+    if asked is not None:
+        return check_batch_size(asked)
     if device.type != "cpu":
         return 256
     fitting = max(1, (2**18) // max(1, int(image_size) ** 2))
