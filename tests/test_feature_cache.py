@@ -103,3 +103,42 @@ def test_subset_picks_the_right_rows_and_drops_undecodable_ones():
     assert part.features.flatten().tolist() == [4.0, 1.0]
     assert part.labels.tolist() == [0, 1]
     assert part.indices.tolist() == [0, 2]  # positions within the subset; position 1 was skipped
+
+
+def test_computed_rows_are_each_images_features_in_source_order(tmp_path, make_image_folder):
+    """Rows are written in place as batches arrive: each must be its own image's features, a
+    corrupt image must leave no row (and no unused row behind), and mirrors must match."""
+    import torch
+
+    from tlearn.config import TrainConfig
+    from tlearn.data.sources import FolderSource
+    from tlearn.models import create_backbone
+    from tlearn.training.features import compute_features, image_loader
+    from tlearn.training.trainer import build_classifier
+
+    data = make_image_folder(n=5)
+    (data / "cat" / "broken.png").write_bytes(b"not an image")
+    source = FolderSource.from_class_folders(data)
+    cfg = TrainConfig(data=str(data), batch_size=4, workers=0, image_size=32)
+    backbone = create_backbone("resnet18", "none", 32)
+    network = build_classifier([backbone], 2, cfg).backbones[0].eval()
+    pre = backbone.preprocessing
+    cpu = torch.device("cpu")
+    result = compute_features(network, source, pre, cfg, cpu, "fp32", "features", flip=True)
+    assert len(source) == 11 and len(result) == 10
+    expected, mirrored, labels, positions = [], [], [], []
+    loader = image_loader(source, pre, cfg, train=False, batch_size=1)
+    with torch.inference_mode():
+        for batch in loader:
+            if batch is None:
+                continue
+            expected.append(network(batch[0]).flatten(1))
+            mirrored.append(network(batch[0].flip(3)).flatten(1))
+            labels.append(batch[1])
+            positions.append(torch.as_tensor(batch[2]))
+    assert torch.allclose(result.features, torch.cat(expected), atol=1e-4)
+    assert torch.allclose(result.flipped, torch.cat(mirrored), atol=1e-4)
+    assert result.labels.tolist() == torch.cat(labels).tolist()
+    assert result.indices.tolist() == torch.cat(positions).tolist()
+    broken = [i for i in range(len(source)) if "broken" in source.describe(i)]
+    assert broken and broken[0] not in result.indices.tolist()

@@ -243,7 +243,7 @@ def compute_features(
     extractor, dtype, autocast = inference_backbone(backbone, device, precision)
     if cfg.compile:
         compile_module(extractor)
-    feats, flips, labels, indices = [], [], [], []
+    rows = _Rows(len(source), flip)
     with torch.inference_mode():
         for batch in tqdm(loader, desc=description, leave=False, disable=None, unit="batch"):
             if batch is None:
@@ -251,20 +251,55 @@ def compute_features(
             x = batch[0].to(device, dtype, non_blocking=True)
             x = x.contiguous(memory_format=torch.channels_last)
             with autocast():
-                feats.append(extractor(x).float().cpu())
-                if flip:
-                    flips.append(extractor(torch.flip(x, dims=[3])).float().cpu())
-            labels.append(batch[1].cpu())
-            indices.append(torch.as_tensor(batch[2]))
-    if not feats:
+                out = extractor(x)
+                mirrored = extractor(torch.flip(x, dims=[3])) if flip else None
+            rows.add(out, mirrored, batch[1], batch[2])
+    if not rows.count:
         raise TlearnError(f"no image of {source.name} could be decoded: check the files")
-    order = torch.argsort(torch.cat(indices))
-    return FeatureSet(
-        torch.cat(feats)[order].contiguous(),
-        torch.cat(labels)[order].long().contiguous(),
-        torch.cat(flips)[order].contiguous() if flip else None,
-        torch.cat(indices)[order].contiguous(),
-    )
+    return rows.result()
+
+
+class _Rows:
+    """Features written batch by batch into tensors allocated once for the whole source.
+
+    Collecting per-batch tensors and joining them at the end held the features three times
+    over (the pieces, the join, the reordered copy), and each kept piece pinned heap memory
+    between the batches' freed activations: a cold Fashion-MNIST run grew by 2 GiB.
+    """
+
+    def __init__(self, capacity: int, flip: bool) -> None:
+        self.capacity, self.flip, self.count = capacity, flip, 0
+        self.features: torch.Tensor | None = None
+        self.flipped: torch.Tensor | None = None
+        self.labels = torch.empty(capacity, dtype=torch.long)
+        self.indices = torch.empty(capacity, dtype=torch.long)
+
+    def add(self, out, mirrored, labels, indices) -> None:
+        if self.features is None:
+            width = out.shape[1]
+            self.features = torch.empty(self.capacity, width)
+            self.flipped = torch.empty(self.capacity, width) if self.flip else None
+        a, b = self.count, self.count + len(out)
+        self.features[a:b] = out
+        if self.flipped is not None:
+            self.flipped[a:b] = mirrored
+        self.labels[a:b] = labels
+        self.indices[a:b] = torch.as_tensor(indices)
+        self.count = b
+
+    def result(self) -> FeatureSet:
+        n = self.count
+        feats, flipped = self.features[:n], self.flipped[:n] if self.flipped is not None else None
+        labels, indices = self.labels[:n], self.indices[:n]
+        if n > 1 and bool((indices[1:] < indices[:-1]).any()):  # loaders keep source order
+            order = torch.argsort(indices)
+            feats, labels, indices = feats[order], labels[order], indices[order]
+            flipped = flipped[order] if flipped is not None else None
+        # a source with undecodable images leaves unused rows: drop them from memory
+        if n < self.capacity:
+            feats, labels, indices = feats.clone(), labels.clone(), indices.clone()
+            flipped = flipped.clone() if flipped is not None else None
+        return FeatureSet(feats, labels, flipped, indices)
 
 
 def inference_backbone(
