@@ -10,7 +10,14 @@ from torch import nn
 
 import tlearn
 from tlearn.cli import main
-from tlearn.deploy.tta import TTAClassifier, flips_allowed, tta_size, with_tta
+from tlearn.deploy.tta import (
+    TTAClassifier,
+    crops_seen,
+    flips_allowed,
+    model_tta,
+    tta_size,
+    with_tta,
+)
 from tlearn.preprocessing import Preprocessing
 
 FAST = dict(
@@ -47,6 +54,22 @@ def test_views_are_twelve_crops_and_mirrors_of_the_input_size():
     assert TTAClassifier(MeanColour(), 24, flips=False).num_views == 6
 
 
+def test_a_model_trained_without_crops_sees_only_the_whole_image_and_its_mirror():
+    model = MeanColour().eval()
+    for augment in ("none", "flip"):
+        tta, pre = model_tta(model, Preprocessing(input_size=24), {"augment": augment})
+        assert pre.input_size == 24 and not crops_seen({"augment": augment})
+        x = torch.rand(2, 3, 24, 24)
+        views = list(tta.views(x))
+        assert tta.num_views == len(views) == 2
+        assert torch.equal(views[0], x) and torch.equal(views[1], x.flip(-1))
+    tta, pre = model_tta(model, Preprocessing(input_size=24), {"augment": "light"})
+    assert tta.num_views == 12 and pre.input_size == tta_size(24)
+    tta, _ = model_tta(model, Preprocessing(input_size=24), {"augment": "flip", "hflip": False})
+    assert tta.num_views == 1
+    assert crops_seen(None) and crops_seen({"augment": "medium"})
+
+
 def test_on_flat_images_tta_equals_plain_prediction():
     torch.manual_seed(0)
     model = MeanColour().eval()
@@ -80,7 +103,7 @@ def trained(tmp_path_factory):
     data = root / "images"
     _fill(data / "train", ("cat", "dog", "owl"), 8, (20, 16), "png", seed=0)
     _fill(data / "val", ("cat", "dog", "owl"), 4, (20, 16), "png", seed=500)
-    model = tlearn.train(str(data), strategy="linear-probe", epochs=6, lr=0.05,
+    model = tlearn.train(str(data), strategy="linear-probe", epochs=6, lr=0.05, augment="light",
                          out=str(root / "run"), cache_dir=str(root / "cache"), **FAST)  # fmt: skip
     return model, data, root / "run"
 

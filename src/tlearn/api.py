@@ -88,9 +88,9 @@ class Model:
         batch_size = inference_batch_size(dev, pre.input_size, batch_size)
         cfg = TrainConfig(data=data, batch_size=batch_size, workers=workers)
         if tta:
-            from tlearn.deploy.tta import flips_allowed, with_tta
+            from tlearn.deploy.tta import model_tta
 
-            classifier, pre = with_tta(classifier, pre, flips=flips_allowed(self.spec.config))
+            classifier, pre = model_tta(classifier, pre, self.spec.config)
         loader = image_loader(source, pre, cfg, train=False)
         runner, dtype, autocast = inference_module(classifier, dev, chosen)
         pred = loop.predict_all(runner, loader, dev, autocast, "evaluate", dtype=dtype)

@@ -57,7 +57,10 @@ def _first_that_parses(choices: list) -> type:
 
 
 BATCH_HELP = "images per batch (default: what runs fastest on this device)"
-TTA_HELP = "test-time augmentation: average flipped and multi-crop views (12x the compute)"
+TTA_HELP = (
+    "test-time augmentation: average the views training made the model robust to (mirror; "
+    "with --augment light and up also 5 crops: 12x the compute)"
+)
 
 
 def add_train_options(parser: argparse.ArgumentParser) -> None:

@@ -23,9 +23,9 @@ def predict_paths(
     files = find_images(paths)
     pre, classifier = model.input_preprocessing, model.classifier.eval()
     if tta:  # the model then returns log-probabilities: the softmax below gives them back
-        from tlearn.deploy.tta import flips_allowed, with_tta
+        from tlearn.deploy.tta import model_tta
 
-        classifier, pre = with_tta(classifier, pre, flips=flips_allowed(model.spec.config))
+        classifier, pre = model_tta(classifier, pre, model.spec.config)
     transform = build_transform(pre, train=False)
     k = min(topk, len(model.classes))
     results: list[Prediction] = []
