@@ -73,7 +73,7 @@ class TrainConfig:
     )
     head: str = opt("linear", "classifier head on top of the pooled features", HEADS)
     hidden: str = opt("256,128", "hidden layer sizes of the mlp head, comma separated")
-    dropout: float = opt(0.2, "dropout between the mlp head's layers")
+    dropout: float = opt(0.0, "dropout between the mlp head's layers")
     strategy: str = opt(
         "auto",
         "what trains: linear-probe, freeze:N (first N stages frozen), finetune, gradual, auto",
