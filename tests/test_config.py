@@ -42,6 +42,32 @@ def test_default_lr_depends_on_strategy_and_optimizer():
     assert TrainConfig(data="x", lr=0.123).resolved_lr() == 0.123
 
 
+def test_step_defaults_follow_what_trains():
+    """A head on cached features defaults to bigger, cheaper steps; anything else to 128 x 5;
+    whatever the user set stays."""
+    head = TrainConfig(data="x", strategy="linear-probe").validate()
+    head.resolve_step_defaults("linear-probe")
+    assert (head.batch_size, head.epochs) == (256, 6)
+    assert head.lr == pytest.approx(3e-3 * 2**0.5, rel=1e-4)
+    # flips are cached too; crops change the pixels every epoch, so images it is
+    flips = TrainConfig(data="x", augment="flip")
+    flips.resolve_step_defaults("linear-probe")
+    assert flips.batch_size == 256
+    for cfg, strategy in [
+        (TrainConfig(data="x", augment="light"), "linear-probe"),
+        (TrainConfig(data="x", mixup=0.2), "linear-probe"),
+        (TrainConfig(data="x"), "finetune"),
+        (TrainConfig(data="x"), "freeze:2"),
+    ]:
+        cfg.resolve_step_defaults(strategy)
+        assert (cfg.batch_size, cfg.epochs, cfg.lr) == (128, 5, None)
+    mine = TrainConfig(data="x", batch_size=64, epochs=3)
+    mine.resolve_step_defaults("linear-probe")
+    assert (mine.batch_size, mine.epochs, mine.lr) == (64, 3, None)
+    with pytest.raises(TlearnError, match="--batch-size"):
+        TrainConfig(data="x", batch_size=0).validate()
+
+
 def test_unknown_option_in_file_is_refused(tmp_path):
     with pytest.raises(TlearnError, match="unknown option 'epoch'"):
         TrainConfig.from_dict({"data": "x", "epoch": 3})

@@ -47,7 +47,9 @@ def timm_tagged_names() -> frozenset[str]:
 def _is_timm(arch: str) -> bool:
     if "." in arch:  # a pretrained tag must be one timm actually publishes
         return arch in timm_tagged_names()
-    return arch in timm_names()
+    from timm import is_model  # a lookup: listing every name took 0.4 s of each run's start
+
+    return bool(is_model(arch))
 
 
 def resolve(name: str) -> Resolved:

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from tlearn.config import TrainConfig
+from tlearn.config import DEFAULT_BATCH_SIZE, TrainConfig
 from tlearn.data import (
     BatchMixer,
     MixedLoader,
@@ -71,7 +71,7 @@ def image_loader(
         pre,
         train=train,
         augment=augment,
-        batch_size=batch_size or cfg.batch_size,
+        batch_size=batch_size or cfg.batch_size or DEFAULT_BATCH_SIZE,
         generator=generator,
         memory_limit_bytes=cfg.memory_limit_bytes,
         workers=workers,
@@ -82,7 +82,7 @@ def image_loader(
     transform = build_transform(pre, train=train, augment=augment, hflip=cfg.hflip)
     loader = DataLoader(
         SafeTransformDataset(source, transform),
-        batch_size=batch_size or cfg.batch_size,
+        batch_size=batch_size or cfg.batch_size or DEFAULT_BATCH_SIZE,
         shuffle=train and sampler is None,
         sampler=sampler,
         generator=generator,

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from tlearn.config import TrainConfig, parse_duration
+from tlearn.config import DEFAULT_BATCH_SIZE, TrainConfig, parse_duration
 
 Log = Callable[[str], None]
 
@@ -397,7 +397,7 @@ def plan_run(
             device,
             autocast_factory(device, train_precision),
             autocast_factory(device, precision),
-            batch=cfg.batch_size,
+            batch=cfg.batch_size or DEFAULT_BATCH_SIZE,
             frozen=frozen,
         )
     if not throughputs:
@@ -414,7 +414,7 @@ def plan_run(
         backbone_size=default_size,
         cpu_cores=cores,
         gpu=device.type == "cuda",
-        batch_size=cfg.batch_size,
+        batch_size=cfg.batch_size or DEFAULT_BATCH_SIZE,
         throughputs=throughputs,
         decode_ips=20_000.0 if in_memory else 600.0 * cores,
         frozen_stages=frozen_stages,

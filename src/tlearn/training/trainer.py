@@ -212,6 +212,7 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
     cfg.out = str(run_dir)
     state = starting_state(run_dir, resume, log)
     strategy = plan_strategy(cfg, splits, device, precision, run_dir, started, log)
+    cfg.resolve_step_defaults(strategy)
     if len(cfg.backbone) > 1 and cfg.weights not in ("auto", "none"):
         raise TlearnError(
             "--weights FILE fits one backbone: give one --backbone, or --weights auto"
