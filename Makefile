@@ -23,7 +23,7 @@ data:
 
 demo: install data
 	$(BIN)/tlearn train fashion-mnist --backbone tf_efficientnet_lite0 --strategy linear-probe \
-	  --head mlp --image-size 64 --epochs 10 --out $(RUN)
+	  --head mlp --image-size 64 --out $(RUN)
 	$(BIN)/tlearn evaluate $(RUN) fashion-mnist
 
 test: install data
