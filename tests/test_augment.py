@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from torchvision.transforms import v2
 
 import tlearn
 from tlearn.config import AUGMENTS, TrainConfig
@@ -49,7 +50,7 @@ def batches(loader) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 def test_config_and_data_share_one_list_of_presets():
     assert AUGMENTS is AUGMENTATIONS
-    assert AUGMENTATIONS == ("none", "flip", "light", "medium", "strong")
+    assert AUGMENTATIONS == ("none", "flip", "shift", "light", "medium", "strong")
     with pytest.raises(TlearnError, match="augment"):
         TrainConfig(data="x", augment="heavy").validate()
     with pytest.raises(TlearnError, match="mixup"):
@@ -60,7 +61,10 @@ def test_presets_add_up_from_mild_to_strong():
     none, flip, light = preset("none"), preset("flip"), preset("light")
     medium, strong = preset("medium"), preset("strong")
     assert not (none.crops or none.hflip or none.policy or none.erasing or none.mixes)
-    assert flip.hflip and not flip.crops
+    assert flip.hflip and not flip.crops and flip.shift == 0
+    shift = preset("shift")
+    assert shift.hflip and shift.shift == 0.125 and not shift.crops and not shift.policy
+    assert light.shift == 0  # crops move the image already
     assert light.crops and light.hflip and light.policy is None and light.erasing == 0
     assert medium.policy == "trivialaugment" and medium.erasing > 0 and not medium.mixes
     assert strong.policy == "randaugment" and strong.mixup == 0.2 and strong.cutmix == 1.0
@@ -142,6 +146,51 @@ def test_no_hflip_never_mirrors(augment):
     image = Image.fromarray(src.images[0])
     torch.manual_seed(0)
     assert all(_left_brighter(t(image)) for _ in range(30))
+
+
+def test_random_shift_moves_each_image_whole_and_fills_black():
+    from tlearn.data.augment import random_shift, shift_pixels
+
+    assert shift_pixels(64, 0.125) == 8 and shift_pixels(32, 0.125) == 4
+    assert shift_pixels(64, 0.0) == 0 and shift_pixels(4, 0.125) == 1
+    images = torch.randint(1, 256, (64, 1, 12, 12), dtype=torch.uint8)  # no zero pixel
+    moved = random_shift(images, 3, gen())
+    assert moved.shape == images.shape and moved.dtype == torch.uint8
+    assert torch.equal(moved, random_shift(images, 3, gen()))  # the generator decides
+    seen = set()
+    for image, out in zip(images, moved, strict=True):
+        # the offset is where the image's top-left pixel went; everything else follows it
+        padded = torch.nn.functional.pad(image, (3, 3, 3, 3))
+        matches = [
+            (dy, dx)
+            for dy in range(7)
+            for dx in range(7)
+            if torch.equal(padded[:, dy : dy + 12, dx : dx + 12], out)
+        ]
+        assert len(matches) == 1
+        seen.add(matches[0])
+    assert len(seen) > 20  # offsets drawn per image, over the whole range
+    assert torch.equal(random_shift(images, 0, gen()), images)
+
+
+def test_shift_preset_on_both_data_paths_keeps_size_and_black_borders():
+    src = halves(n=32, size=24)
+    loader = fast_image_loader(
+        src, UNIT, train=True, augment="shift", batch_size=32, generator=gen(),
+        memory_limit_bytes=BIG,
+    )  # fmt: skip
+    x = batches(loader)[0]
+    assert x.shape == (32, 3, 24, 24)
+    plain = batches(fast_image_loader(src, UNIT, train=False, batch_size=32,
+                                      memory_limit_bytes=BIG))[0]  # fmt: skip
+    assert not torch.equal(x, plain)
+    # the halves images have no black pixel: a shifted one has a black border row or column
+    black_rows = (x == 0).all(dim=(1, 3)).any(dim=1)
+    black_cols = (x == 0).all(dim=(1, 2)).any(dim=1)
+    assert (black_rows | black_cols).float().mean() > 0.8
+    t = build_transform(UNIT, train=True, augment="shift")
+    assert any(isinstance(step, v2.RandomCrop) for step in t.transforms)
+    assert t(Image.fromarray(src.images[0])).shape == (3, 24, 24)
 
 
 def test_random_erasing_changes_one_box_per_image():

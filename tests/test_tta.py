@@ -56,7 +56,7 @@ def test_views_are_twelve_crops_and_mirrors_of_the_input_size():
 
 def test_a_model_trained_without_crops_sees_only_the_whole_image_and_its_mirror():
     model = MeanColour().eval()
-    for augment in ("none", "flip"):
+    for augment in ("none", "flip", "shift"):
         tta, pre = model_tta(model, Preprocessing(input_size=24), {"augment": augment})
         assert pre.input_size == 24 and not crops_seen({"augment": augment})
         x = torch.rand(2, 3, 24, 24)

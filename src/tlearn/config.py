@@ -23,7 +23,7 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "onecycle", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # The augmentation presets, mildest first (tlearn.data.augment defines what each does).
-AUGMENTS = ("none", "flip", "light", "medium", "strong")
+AUGMENTS = ("none", "flip", "shift", "light", "medium", "strong")
 FUSIONS = ("concat", "sum", "gated")
 MONITORS = ("val_loss", "val_accuracy")
 BALANCES = ("none", "weighted-loss", "sampler")
@@ -134,7 +134,8 @@ class TrainConfig:
     )
     augment: str = opt(
         "none",
-        "training augmentation: none, flip, light (random resized crops + flips), medium "
+        "training augmentation: none, flip, shift (flips + translations up to 1/8 of the side), "
+        "light (random resized crops + flips), medium "
         "(+ TrivialAugmentWide, random erasing), strong (+ RandAugment, mixup, cutmix)",
         AUGMENTS,
     )

@@ -6,6 +6,8 @@ decode-once path (`DecodedLoader`, whole uint8 batches) both follow:
 
     none    resize the shorter side, centre crop (what evaluation does)
     flip    none + horizontal flips
+    shift   flip + a translation of up to 1/8 of the side each way, the uncovered border black
+            (CIFAR's pad-and-crop: new positions at the scale the model is tested at)
     light   random resized crop + horizontal flips
     medium  light + TrivialAugmentWide + random erasing (p 0.25)
     strong  light + RandAugment (2 ops, magnitude 9) + random erasing (p 0.25)
@@ -51,6 +53,7 @@ ERASING_SCALE = (0.02, 1 / 3)  # area fraction of an erased box (Zhong et al., t
 ERASING_RATIO = (0.3, 3.3)
 STRONG_MIXUP, STRONG_CUTMIX = 0.2, 1.0  # torchvision's classification recipe
 POLICY_CHUNK = 8
+SHIFT = 0.125  # the largest translation, a fraction of the side (4 px of CIFAR's 32)
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class Recipe:
     name: str = "none"
     crops: bool = False  # random resized crops (else resize + centre crop)
     hflip: bool = False
+    shift: float = 0.0  # largest translation each way, a fraction of the side (0 = off)
     policy: str | None = None  # "trivialaugment" | "randaugment"
     erasing: float = 0.0  # probability of erasing one random box per image
     mixup: float = 0.0  # Beta(alpha, alpha) mixing of image pairs; 0 = off
@@ -82,6 +86,7 @@ def preset(
         name=augment,
         crops=level >= AUGMENTATIONS.index("light"),
         hflip=hflip and level >= AUGMENTATIONS.index("flip"),
+        shift=SHIFT if augment == "shift" else 0.0,  # crops (light and up) move images already
         policy={"medium": "trivialaugment", "strong": "randaugment"}.get(augment),
         erasing=ERASING_P if level >= AUGMENTATIONS.index("medium") else 0.0,
         mixup=float(mixup if mixup is not None else (STRONG_MIXUP if strong else 0.0)),
@@ -151,6 +156,28 @@ def random_boxes(
     top = (u[:, 0] * (height - h + 1)).floor().clamp(min=0)
     left = (u[:, 1] * (width - w + 1)).floor().clamp(min=0)
     return torch.stack([left, top, left + w, top + h], dim=1), found
+
+
+def shift_pixels(side: int, shift: float) -> int:
+    """The largest translation in pixels for images of `side` pixels."""
+    return max(1, round(side * shift)) if shift > 0 else 0
+
+
+def random_shift(
+    images: torch.Tensor, pixels: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """`[B, C, H, W]` (any dtype) -> each image moved by its own (dy, dx) in [-pixels, pixels],
+    the uncovered border zero: one gather for the whole batch (pad, then index the windows)."""
+    if pixels <= 0:
+        return images
+    b, _, h, w = images.shape
+    offsets = torch.randint(0, 2 * pixels + 1, (2, b), generator=generator).to(images.device)
+    padded = torch.nn.functional.pad(images, (pixels, pixels, pixels, pixels))
+    rows = offsets[0, :, None] + torch.arange(h, device=images.device)  # [B, H]
+    cols = offsets[1, :, None] + torch.arange(w, device=images.device)  # [B, W]
+    batch = torch.arange(b, device=images.device)[:, None, None]
+    moved = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # [B, H, W, C]
+    return moved.permute(0, 3, 1, 2).contiguous()
 
 
 def random_erase(

@@ -50,6 +50,8 @@ from tlearn.data.augment import (
     preset,
     random_boxes,
     random_erase,
+    random_shift,
+    shift_pixels,
 )
 from tlearn.data.sources import ArraySource, ImageSource, SubsetSource
 from tlearn.errors import TlearnError
@@ -478,6 +480,8 @@ class DecodedLoader:
                 x = random_flip(x, self.generator, inplace=True)
         else:
             raw = _resize_batch(raw, self.size, self.interpolation)
+            if recipe.shift:
+                raw = random_shift(raw, shift_pixels(self.size, recipe.shift), self.generator)
             if recipe.hflip:  # on uint8: a quarter of the memory traffic of float
                 raw = random_flip(raw, self.generator)
             x = raw.float().div_(255.0)

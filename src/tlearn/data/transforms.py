@@ -22,6 +22,7 @@ from tlearn.data.augment import (
     ScaledRandomResizedCrop,
     policy_transform,
     preset,
+    shift_pixels,
 )
 from tlearn.data.sources import ImageSource
 from tlearn.errors import TlearnError
@@ -59,6 +60,8 @@ def build_transform(
             v2.Resize(size, interpolation=interpolation, antialias=True),
             v2.CenterCrop(size),
         ]
+        if recipe.shift:  # the tensor path's random_shift, image by image
+            steps.append(v2.RandomCrop(size, padding=shift_pixels(size, recipe.shift)))
     if recipe.hflip:
         steps.append(v2.RandomHorizontalFlip())
     steps.append(v2.ToImage())
