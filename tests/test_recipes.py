@@ -106,19 +106,6 @@ def test_more_budget_buys_epochs_then_pixels_and_stays_inside():
     assert make_plan(inputs(36_000)).image_size > 64  # a long budget grows the images
 
 
-def test_augmentation_grows_with_the_planned_epochs():
-    """Flips while the model still learns the data; shifts once it starts to memorise it; crops
-    only for long plans."""
-    by_epochs = {}
-    for budget in (600, 1200, 1800, 3600, 7200, 36_000):
-        plan = make_plan(inputs(budget))
-        by_epochs[plan.epochs] = plan.augment
-        expected = "flip" if plan.epochs <= 8 else "shift" if plan.epochs <= 20 else "light"
-        assert plan.augment == expected, (budget, plan.epochs)
-        assert any("shifts" in r for r in plan.reasons) == (expected == "shift")
-    assert {"flip", "shift"} <= set(by_epochs.values())
-
-
 def test_early_stages_are_those_with_few_weights():
     lite0 = [928, 896, 13968, 39712, 198480, 446784, 1652640, 1017600]  # its 8 stages' sizes
     assert early_stages(lite0) == 4  # 1.6% of the weights, most of the step's time at 64 px
