@@ -28,12 +28,12 @@ FUSIONS = ("concat", "sum", "gated")
 MONITORS = ("val_loss", "val_accuracy")
 BALANCES = ("none", "weighted-loss", "sampler")
 
-# Learning rates that work out of the box: a head alone tolerates a high rate, a whole pretrained
-# network needs a low one (or it forgets what ImageNet taught it).
 MAX_BATCH_SIZE = 1 << 16
 DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS = 128, 5
 FEATURE_BATCH_SIZE, FEATURE_EPOCHS = 256, 6  # a head alone on cached features (see below)
 
+# Learning rates that work out of the box: a head alone tolerates a high rate, a whole pretrained
+# network needs a low one (or it forgets what ImageNet taught it).
 DEFAULT_LR = {
     ("sgd", "linear-probe"): 0.1,
     ("sgd", "freeze"): 0.02,
@@ -200,13 +200,15 @@ class TrainConfig:
             return DEFAULT_LR[(self.optimizer, kind)]
         return float(self.lr)
 
+    @property
+    def features_cacheable(self) -> bool:
+        """Whether a frozen backbone's features stay the same every epoch (flips are cached with
+        their mirrors); any other augmentation, or mixing images, changes the pixels."""
+        return self.augment in ("none", "flip") and not (self.mixup or self.cutmix)
+
     def trains_head_on_features(self, strategy: str) -> bool:
         """Whether a run with `strategy` trains only the head, on cached features."""
-        return (
-            strategy == "linear-probe"
-            and self.augment in ("none", "flip")
-            and not (self.mixup or self.cutmix)
-        )
+        return strategy == "linear-probe" and self.features_cacheable
 
     def resolve_step_defaults(self, strategy: str) -> None:
         """Fill in the epochs, batch size and rate left to their defaults, for `strategy`.
@@ -224,11 +226,6 @@ class TrainConfig:
             if on_features and self.lr is None:
                 scale = math.sqrt(FEATURE_BATCH_SIZE / DEFAULT_BATCH_SIZE)
                 self.lr = round(DEFAULT_LR[(self.optimizer, strategy)] * scale, 6)
-
-    @property
-    def augments_inputs(self) -> bool:
-        """Whether training images change from epoch to epoch (then features cannot be cached)."""
-        return self.augment != "none" or bool(self.mixup) or bool(self.cutmix)
 
     @property
     def memory_limit_bytes(self) -> int | None:

@@ -6,7 +6,7 @@ corners and the centre) of the image resized 1.15x larger, i.e. the same square 
 and shifted, each also mirrored: 12 forward passes an image (the ten-crop evaluation of AlexNet
 and ResNet, with the full view added). A model trained without crops gets the whole image and its
 mirror only: zoomed crops are images it never saw, and on Fashion-MNIST they cost a model trained
-with flips 2 points (94.11% plain, 92.0% with 12 views, 94.25% with the 2). A model trained with
+with flips 2 points (94.11% plain, 92.0% with 12 views, 94.30% with the 2). A model trained with
 `--no-hflip` (its classes a mirror could change) gets no mirrored views.
 
 The wrapped model returns the log of the averaged probabilities, so code that takes logits

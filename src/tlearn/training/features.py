@@ -65,13 +65,14 @@ def image_loader(
     config asks for it.
     """
     workers = default_workers() if cfg.workers is None else cfg.workers
+    batch_size = batch_size or cfg.batch_size or DEFAULT_BATCH_SIZE
     augment = cfg.augment if train else "none"
     loader = fast_image_loader(
         source,
         pre,
         train=train,
         augment=augment,
-        batch_size=batch_size or cfg.batch_size or DEFAULT_BATCH_SIZE,
+        batch_size=batch_size,
         generator=generator,
         memory_limit_bytes=cfg.memory_limit_bytes,
         workers=workers,
@@ -82,7 +83,7 @@ def image_loader(
     transform = build_transform(pre, train=train, augment=augment, hflip=cfg.hflip)
     loader = DataLoader(
         SafeTransformDataset(source, transform),
-        batch_size=batch_size or cfg.batch_size or DEFAULT_BATCH_SIZE,
+        batch_size=batch_size,
         shuffle=train and sampler is None,
         sampler=sampler,
         generator=generator,

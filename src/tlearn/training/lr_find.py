@@ -262,11 +262,7 @@ def find_for_run(
     pre = model_input([b.preprocessing for b in backbones])
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     generator = torch.Generator().manual_seed(cfg.seed)
-    on_features = (
-        phase.trainable_stages == 0
-        and cfg.augment in ("none", "flip")
-        and not (cfg.mixup or cfg.cutmix)
-    )
+    on_features = phase.trainable_stages == 0 and cfg.features_cacheable
     if on_features:
         module: nn.Module = model.top()
         batches = _feature_batches(model, splits, pre, cfg, device, precision, steps, generator)

@@ -382,6 +382,7 @@ def plan_run(
     sizes = [cfg.image_size] if cfg.image_size else candidate_sizes(native, default_size)
     backbones = [create_backbone(n, "none", sizes[0]) for n in cfg.backbone]
     model = build_classifier(backbones, len(splits.classes), cfg).to(device)
+    batch = cfg.batch_size or DEFAULT_BATCH_SIZE  # the run's, resolved after the plan
     stage_lists = [b.stages() for b in backbones]
     frozen_stages = min(early_stages([sum(p.numel() for p in s) for s in st]) for st in stage_lists)
     if len(splits.train) / max(1, len(splits.classes)) < 100:
@@ -398,7 +399,7 @@ def plan_run(
             device,
             autocast_factory(device, train_precision),
             autocast_factory(device, precision),
-            batch=cfg.batch_size or DEFAULT_BATCH_SIZE,
+            batch=batch,
             frozen=frozen,
         )
     if not throughputs:
@@ -415,7 +416,7 @@ def plan_run(
         backbone_size=default_size,
         cpu_cores=cores,
         gpu=device.type == "cuda",
-        batch_size=cfg.batch_size or DEFAULT_BATCH_SIZE,
+        batch_size=batch,
         throughputs=throughputs,
         decode_ips=20_000.0 if in_memory else 600.0 * cores,
         frozen_stages=frozen_stages,

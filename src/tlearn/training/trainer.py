@@ -231,11 +231,7 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
 
     # A frozen backbone's features never change: compute them once (flips included) and train
     # only the head on them. Any other augmentation changes the pixels, so it needs the images.
-    use_features = (
-        all(p.trainable_stages == 0 for p in phases)
-        and cfg.augment in ("none", "flip")
-        and not (cfg.mixup or cfg.cutmix)  # mixed images are new images
-    )
+    use_features = all(p.trainable_stages == 0 for p in phases) and cfg.features_cacheable
     if not use_features and cfg.precision == "auto" and not cfg.deterministic:
         probe_key = f"{'+'.join(cfg.backbone)}@{data_pre.input_size}"
         chosen = probe_training_precision(
