@@ -72,10 +72,12 @@ def test_a_run_trains_small_first_and_saves_a_full_size_model(
     data = make_image_folder(n=8)
     seen = _record_body_inputs(monkeypatch)
     lines: list[str] = []
-    options = {**TINY, "log": lines.append}
+    # fp32: in bf16 this random-init net at 16 px, batch 4, sometimes diverged to NaN when the
+    # machine was busy (3 runs in 8); the sizes, not the precision, are under test here
+    options = {**TINY, "log": lines.append, "precision": "fp32"}
     result = tlearn.train(str(data), out=str(tmp_path / "run"), epochs=3, progressive=16, **options)
     runs = [size for k, size in enumerate(seen) if k == 0 or seen[k - 1] != size]
-    # (the first 32s are the precision probe's); then the epochs' sizes, one epoch each
+    # the last three runs of sizes are the epochs, one epoch each (any earlier 32s are a probe)
     assert runs[-3:] == [16, 24, 32] and seen.count(16) == seen.count(24) > 0
     assert any("progressive resizing: epochs at 16px, 24px, 32px" in line for line in lines)
     assert any(line.startswith("epoch 1/3 (16px)") for line in lines)
