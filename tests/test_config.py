@@ -45,10 +45,14 @@ def test_default_lr_depends_on_strategy_and_optimizer():
 def test_step_defaults_follow_what_trains():
     """A head on cached features defaults to bigger, cheaper steps; anything else to 128 x 5;
     whatever the user set stays."""
-    head = TrainConfig(data="x", strategy="linear-probe").validate()
+    head = TrainConfig(data="x", strategy="linear-probe", features="last").validate()
     head.resolve_step_defaults("linear-probe")
     assert (head.batch_size, head.epochs) == (256, 6)
     assert head.lr == pytest.approx(3e-3 * 2**0.5, rel=1e-4)
+    # stage features (the default for a frozen backbone) are wider: fewer, dearer epochs
+    stages = TrainConfig(data="x", strategy="linear-probe").validate()
+    stages.resolve_step_defaults("linear-probe")
+    assert (stages.batch_size, stages.epochs) == (256, 4)
     # flips are cached too; crops change the pixels every epoch, so images it is
     flips = TrainConfig(data="x", augment="flip")
     flips.resolve_step_defaults("linear-probe")

@@ -22,9 +22,11 @@ from tlearn.training.strategies import apply_phase, plan_backbone_phases
 # Two different architectures (torchvision resnet18: 512 features, 5 stages; timm
 # EfficientNet-Lite0: 1280 features, 8 stages), random init at 32 px: fast and offline.
 PAIR = ["resnet18", "tf_efficientnet_lite0"]
+# the backbones' last features: what the hand-built head below and the widths here assume
 FAST = dict(
-    backbone=PAIR, weights="none", image_size=32, batch_size=8, workers=0, log=lambda s: None
-)
+    backbone=PAIR, weights="none", image_size=32, batch_size=8, workers=0, log=lambda s: None,
+    features="last",
+)  # fmt: skip
 
 
 @pytest.fixture(autouse=True)

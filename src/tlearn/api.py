@@ -218,7 +218,7 @@ def build_from_spec(spec: ModelSpec) -> Classifier:
         name = record["name"]
         qualified = name if "/" in name else f"{record['library']}/{name}"
         backbone = create_backbone(qualified, "none", pre.input_size)
-        backbones.append(NormalizedBackbone(backbone.module, pre))
+        backbones.append(NormalizedBackbone(backbone.module, pre, record.get("taps", ())))
     fusion = build_fusion(spec.fusion, [int(b["num_features"]) for b in spec.backbones])
     head = build_head(
         spec.head["kind"],
@@ -226,5 +226,6 @@ def build_from_spec(spec: ModelSpec) -> Classifier:
         len(spec.classes),
         hidden=tuple(spec.head.get("hidden", (256, 128))),
         dropout=float(spec.head.get("dropout", 0.5)),
+        input_norm=bool(spec.head.get("input_norm", False)),
     )
     return Classifier(backbones, head, fusion).to(memory_format=torch.channels_last).eval()

@@ -7,6 +7,9 @@ the classic bug of normalising with the wrong statistics cannot happen downstrea
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,12 +18,26 @@ from tlearn.preprocessing import Preprocessing
 
 
 class NormalizedBackbone(nn.Module):
-    """A headless backbone preceded by its own input normalisation."""
+    """A headless backbone preceded by its own input normalisation.
 
-    def __init__(self, body: nn.Module, preprocessing: Preprocessing) -> None:
+    With `taps` (module names inside `body`, see `tlearn.models.stages`), the output is the
+    average-pooled output of each tapped module followed by the body's own features, joined.
+    Forward hooks collect them, so the library's model runs unchanged and parameter names stay
+    the library's; the collected outputs are kept per thread, so a served model can answer
+    several requests at once.
+    """
+
+    def __init__(
+        self, body: nn.Module, preprocessing: Preprocessing, taps: Sequence[str] = ()
+    ) -> None:
         super().__init__()
         self.body = body
         self.input_size = preprocessing.input_size
+        self.taps = tuple(taps)
+        self._pooled: dict[int, list[torch.Tensor]] = {}
+        self._width: int | None = None
+        for name in self.taps:
+            body.get_submodule(name).register_forward_hook(self._keep_pooled)
         mean = torch.tensor(preprocessing.mean).view(1, 3, 1, 1)
         std = torch.tensor(preprocessing.std).view(1, 3, 1, 1)
         # Not persistent: they come from the model file's metadata, not its tensors.
@@ -32,4 +49,38 @@ class NormalizedBackbone(nn.Module):
             images = F.interpolate(
                 images, size=(self.input_size, self.input_size), mode="bilinear", antialias=True
             )
-        return self.body((images - self.mean.to(images.dtype)) / self.std.to(images.dtype))
+        x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+        if not self.taps:
+            return self.body(x)
+        key = threading.get_ident()
+        pooled = self._pooled[key] = []
+        try:
+            final = self.body(x)
+        finally:
+            self._pooled.pop(key, None)
+        return torch.cat([*pooled, torch.flatten(final, 1)], dim=1)
+
+    def _keep_pooled(self, module: nn.Module, args, output: torch.Tensor) -> None:
+        pooled = self._pooled.get(threading.get_ident())
+        if pooled is None:  # the body run on its own, outside this module's forward
+            return
+        if output.dim() == 4:  # [B, C, H, W]
+            pooled.append(output.mean(dim=(2, 3)))
+        else:  # a transformer's tokens [B, N, C]
+            pooled.append(output.mean(dim=1))
+
+    def feature_width(self) -> int:
+        """Width of the output, measured once with one image (the taps' widths vary)."""
+        if self._width is not None:
+            return self._width
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                size = self.input_size
+                probe = next(self.parameters(), torch.empty(0))
+                x = torch.zeros(1, 3, size, size, device=probe.device, dtype=probe.dtype)
+                self._width = int(torch.flatten(self(x), 1).shape[1])
+                return self._width
+        finally:
+            self.train(was_training)

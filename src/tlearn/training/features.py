@@ -332,6 +332,8 @@ def weights_digest(backbone: torch.nn.Module) -> str:
         h.update(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
     norm = (backbone.mean.flatten().tolist(), backbone.std.flatten().tolist())
     h.update(repr((norm, backbone.input_size)).encode())
+    if backbone.taps:  # stage features are other features (keys without taps stay as they were)
+        h.update(repr(backbone.taps).encode())
     return h.hexdigest()
 
 

@@ -252,10 +252,11 @@ def find_for_run(
     seed_everything(cfg.seed)
     autocast = autocast_factory(device, precision)
     # built as fit builds it (imported here: the trainer imports this module for --lr auto)
-    from tlearn.training.trainer import build_classifier
+    from tlearn.training.trainer import build_classifier, feature_taps
 
     backbones = [create_backbone(n, cfg.weights, cfg.image_size) for n in cfg.backbone]
-    model = build_classifier(backbones, len(splits.classes), cfg).to(device)
+    taps = feature_taps(cfg, backbones, strategy)
+    model = build_classifier(backbones, len(splits.classes), cfg, taps).to(device)
     model = model.to(memory_format=torch.channels_last)
     stages = [b.stages() for b in backbones]
     phase = plan_backbone_phases(strategy, cfg.epochs, [len(s) for s in stages])[-1]

@@ -28,6 +28,7 @@ from tlearn.errors import TlearnError
 from tlearn.files import atomic_write_text
 from tlearn.models import Backbone, Classifier, build_fusion, build_head, create_backbone
 from tlearn.models.normalize import NormalizedBackbone
+from tlearn.models.stages import stage_taps
 from tlearn.preprocessing import Preprocessing, model_input
 from tlearn.training import loop, progressive
 from tlearn.training.balance import class_weights, per_class_recall, sample_weights
@@ -83,29 +84,62 @@ class RunResult:
     run_dir: Path
 
 
-def build_classifier(backbones: list[Backbone], num_classes: int, cfg: TrainConfig) -> Classifier:
-    fusion = build_fusion(cfg.fusion, [b.num_features for b in backbones])
+def feature_taps(cfg: TrainConfig, backbones: list[Backbone], strategy: str) -> list[list[str]]:
+    """For each backbone, the stages whose pooled outputs join its features (`--features`).
+
+    `auto` pools the stages when the backbone stays frozen (its last features are ImageNet's,
+    its middle stages transfer further) and uses the last features when it trains.
+    """
+    wanted = cfg.features == "stages" or (cfg.features == "auto" and strategy == "linear-probe")
+    taps = [stage_taps(b.module) if wanted else [] for b in backbones]
+    missing = [b.name for b, t in zip(backbones, taps, strict=True) if not t]
+    if cfg.features == "stages" and missing:
+        raise TlearnError(
+            f"--features stages: tlearn does not know the stages of {missing[0]}: "
+            "pass --features last"
+        )
+    return taps
+
+
+def build_classifier(
+    backbones: list[Backbone],
+    num_classes: int,
+    cfg: TrainConfig,
+    taps: list[list[str]] | None = None,
+) -> Classifier:
+    taps = taps or [[] for _ in backbones]
+    wrapped = [
+        NormalizedBackbone(b.module, b.preprocessing, t)
+        for b, t in zip(backbones, taps, strict=True)
+    ]
+    widths = [feature_width(b, w) for b, w in zip(backbones, wrapped, strict=True)]
+    fusion = build_fusion(cfg.fusion, widths)
     head = build_head(
         cfg.head,
         fusion.out_features,
         num_classes,
         hidden=cfg.hidden_sizes,
         dropout=cfg.dropout,
+        input_norm=any(taps),
     )
-    wrapped = [NormalizedBackbone(b.module, b.preprocessing) for b in backbones]
     return Classifier(wrapped, head, fusion)
 
 
-def backbone_records(backbones: list[Backbone]) -> list[dict]:
+def feature_width(backbone: Backbone, wrapped: NormalizedBackbone) -> int:
+    return wrapped.feature_width() if wrapped.taps else backbone.num_features
+
+
+def backbone_records(classifier: Classifier, backbones: list[Backbone]) -> list[dict]:
     return [
         {
             "name": b.name,
             "library": b.library,
             "weights_source": b.weights_source,
-            "num_features": b.num_features,
+            "num_features": feature_width(b, w),
+            "taps": list(w.taps),
             "preprocessing": b.preprocessing.to_dict(),
         }
-        for b in backbones
+        for b, w in zip(backbones, classifier.backbones, strict=True)
     ]
 
 
@@ -212,18 +246,20 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
     cfg.out = str(run_dir)
     state = starting_state(run_dir, resume, log)
     strategy = plan_strategy(cfg, splits, device, precision, run_dir, started, log)
-    cfg.resolve_step_defaults(strategy)
     if len(cfg.backbone) > 1 and cfg.weights not in ("auto", "none"):
         raise TlearnError(
             "--weights FILE fits one backbone: give one --backbone, or --weights auto"
         )
+    cfg.resolve_step_defaults(strategy)
     if cfg.lr == "auto":  # the LR finder's suggestion becomes the run's rate (and its config's)
         from tlearn.training.lr_find import find_for_run
 
         cfg.lr = find_for_run(cfg, splits, strategy, device, precision, run_dir, log).suggestion
         seed_everything(cfg.seed)  # train exactly as a run given this rate would
     backbones = [create_backbone(n, cfg.weights, cfg.image_size) for n in cfg.backbone]
-    model = build_classifier(backbones, len(splits.classes), cfg).to(device)
+    taps = feature_taps(cfg, backbones, strategy)
+    cfg.features = "stages" if any(taps) else "last"
+    model = build_classifier(backbones, len(splits.classes), cfg, taps).to(device)
     model = model.to(memory_format=torch.channels_last)
     stages = [b.stages() for b in backbones]
     phases = plan_backbone_phases(strategy, cfg.epochs, [len(s) for s in stages])
@@ -262,14 +298,22 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
             f"backbone {b.name} ({b.library}, {b.num_features} features, "
             f"{b.preprocessing.input_size}px, weights {b.weights_source})"
         )
+    if any(taps):
+        widths = ", ".join(str(r["num_features"]) for r in backbone_records(model, backbones))
+        log(f"features: every stage pooled and joined to the last ({widths} wide)")
     fused = f", fusion {cfg.fusion}" if len(backbones) > 1 else ""
     log(f"strategy {strategy}, head {cfg.head}{fused}, device {device}, precision {precision}")
     log(f"run folder {run_dir}")
 
     spec = ModelSpec(
         classes=list(splits.classes),
-        backbones=backbone_records(backbones),
-        head={"kind": cfg.head, "hidden": list(cfg.hidden_sizes), "dropout": cfg.dropout},
+        backbones=backbone_records(model, backbones),
+        head={
+            "kind": cfg.head,
+            "hidden": list(cfg.hidden_sizes),
+            "dropout": cfg.dropout,
+            "input_norm": any(taps),
+        },
         fusion=cfg.fusion,
         config=resolved.to_dict(),
     )
