@@ -3,7 +3,7 @@
 Each step is a real `tlearn` command in its own process; wall time and that process's peak
 resident memory are recorded, and test accuracy comes from `tlearn evaluate --json`.
 
-  frozen-cold   issue #3's command verbatim: linear probe + MLP head at 64 px, default 5 epochs,
+  frozen-cold   issue #3's command verbatim: linear probe + MLP head at 64 px, default epochs,
                 empty feature cache (decode + features + head)
   frozen-warm   the same with another seed: features come from the cache
   frozen-10     the same, 10 head epochs (cache warm)
@@ -62,22 +62,18 @@ RUNS = {
 
 
 def run(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS in GiB (of that process), and stdout."""
+    """Wall seconds, peak RSS in GiB (of that process, from wait4's rusage), and stdout."""
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, env=env, text=True)
-    out, err = proc.stdout, proc.stderr
-    wall = time.perf_counter() - start
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
     if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{err[-2000:]}")
-    peak = _peak_rss_gib(err)
-    return wall, peak, out
-
-
-def _peak_rss_gib(stderr: str) -> float:
-    for line in stderr.splitlines()[::-1]:
-        if line.startswith("PEAK_RSS_KB="):
-            return round(int(line.split("=")[1]) / 2**20, 2)
-    return float("nan")
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{stderr[-2000:]}")
+    return wall, round(usage.ru_maxrss / 2**20, 2), stdout
 
 
 def main() -> None:
@@ -87,20 +83,10 @@ def main() -> None:
     names = [n for n in args.only.split(",") if n]
     work = Path(tempfile.mkdtemp(prefix="tlearn-bench-"))
     env = {**os.environ, "TLEARN_CACHE_DIR": str(work / "cache"), "PYTHONUNBUFFERED": "1"}
-    # report each command's own peak memory: a tiny wrapper prints ru_maxrss on exit
-    wrapper = work / "peak.py"
-    wrapper.write_text(
-        "import atexit, resource, runpy, sys\n"
-        "atexit.register(lambda: print(f'PEAK_RSS_KB={resource.getrusage(resource.RUSAGE_SELF)"
-        ".ru_maxrss}', file=sys.stderr))\n"
-        "sys.argv = ['tlearn', *sys.argv[1:]]\n"
-        "try:\n    runpy.run_module('tlearn', run_name='__main__')\n"
-        "except SystemExit as e:\n    sys.exit(e.code)\n"
-    )
     rows = []
     for name in names:
         out_dir = work / name
-        tlearn = [sys.executable, str(wrapper)]
+        tlearn = [sys.executable, "-m", "tlearn"]
         cmd = [*tlearn, "train", "fashion-mnist", *RUNS[name], "--out", str(out_dir)]
         train_s, train_peak, log = run(cmd, env)
         eval_cmd = [*tlearn, "evaluate", str(out_dir), "fashion-mnist", "--json"]

@@ -52,7 +52,7 @@ def test_step_defaults_follow_what_trains():
     # stage features (the default for a frozen backbone) are wider: fewer, dearer epochs
     stages = TrainConfig(data="x", strategy="linear-probe").validate()
     stages.resolve_step_defaults("linear-probe")
-    assert (stages.batch_size, stages.epochs) == (256, 4)
+    assert (stages.batch_size, stages.epochs) == (256, 3)
     # flips are cached too; crops change the pixels every epoch, so images it is
     flips = TrainConfig(data="x", augment="flip")
     flips.resolve_step_defaults("linear-probe")
