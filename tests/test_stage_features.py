@@ -105,6 +105,12 @@ def test_a_frozen_backbone_trains_on_stage_features_and_reloads(tmp_path, make_i
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(again.classifier(x), model.classifier.eval()(x))
+    # a file naming stages the network lacks is refused in one sentence
+    from tlearn.api import build_from_spec
+
+    record["taps"] = ["layer9"]
+    with pytest.raises(TlearnError, match="names stages resnet18 does not have"):
+        build_from_spec(model.spec)
 
 
 def test_a_training_backbone_keeps_the_last_features(tmp_path, make_image_folder):

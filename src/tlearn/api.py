@@ -218,7 +218,13 @@ def build_from_spec(spec: ModelSpec) -> Classifier:
         name = record["name"]
         qualified = name if "/" in name else f"{record['library']}/{name}"
         backbone = create_backbone(qualified, "none", pre.input_size)
-        backbones.append(NormalizedBackbone(backbone.module, pre, record.get("taps", ())))
+        try:
+            backbones.append(NormalizedBackbone(backbone.module, pre, record.get("taps", ())))
+        except AttributeError as e:  # a tapped stage the network does not have
+            raise TlearnError(
+                f"the model file names stages {name} does not have ({e}): the file was altered "
+                "or written by an incompatible tlearn, use another copy"
+            ) from e
     fusion = build_fusion(spec.fusion, [int(b["num_features"]) for b in spec.backbones])
     head = build_head(
         spec.head["kind"],
