@@ -68,6 +68,7 @@ def run(cmd: list[str], env: dict[str, str]) -> tuple[float, float, str]:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, text=True)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
+        # wait4 reaped the child: tell Popen, or it would wait for it again
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0), err.seek(0)
         stdout, stderr = out.read(), err.read()

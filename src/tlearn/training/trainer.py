@@ -298,8 +298,9 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
             f"backbone {b.name} ({b.library}, {b.num_features} features, "
             f"{b.preprocessing.input_size}px, weights {b.weights_source})"
         )
+    records = backbone_records(model, backbones)
     if any(taps):
-        widths = ", ".join(str(r["num_features"]) for r in backbone_records(model, backbones))
+        widths = ", ".join(str(r["num_features"]) for r in records)
         log(f"features: every stage pooled and joined to the last ({widths} wide)")
     fused = f", fusion {cfg.fusion}" if len(backbones) > 1 else ""
     log(f"strategy {strategy}, head {cfg.head}{fused}, device {device}, precision {precision}")
@@ -307,7 +308,7 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
 
     spec = ModelSpec(
         classes=list(splits.classes),
-        backbones=backbone_records(model, backbones),
+        backbones=records,
         head={
             "kind": cfg.head,
             "hidden": list(cfg.hidden_sizes),
