@@ -17,7 +17,14 @@ from tlearn.errors import TlearnError
 from tlearn.training.balance import class_weights, draw_order, per_class_recall, sample_weights
 from tlearn.training.ema import WeightAverage
 from tlearn.training.interrupt import Interrupted
-from tlearn.training.planner import PlanInputs, Throughput, early_stages, make_plan
+from tlearn.training.planner import (
+    PlanInputs,
+    Throughput,
+    early_stages,
+    expected_error,
+    make_plan,
+    refit_epochs,
+)
 from tlearn.training.state import load_state
 from tlearn.training.stopping import EarlyStopping
 
@@ -122,6 +129,30 @@ def test_a_budget_fine_tune_keeps_the_early_stages_frozen():
     assert small.strategy == "gradual"  # little data thaws everything, top first
 
 
+def test_storing_the_frozen_stages_buys_epochs_or_pixels_inside_the_budget():
+    plain = make_plan(inputs(1800, frozen_stages=4))
+    # the reference machine's Lite0 with its first 4 stages' outputs stored (measured here)
+    stored = [
+        Throughput(t.image_size, t.train_ips, t.infer_ips, t.train_ips * 1.5, 2800 * 64 / s)
+        for t, s in zip(REFERENCE, (64, 96, 128), strict=True)
+    ]
+    plan = make_plan(inputs(1800, frozen_stages=4, throughputs=stored))
+    assert plan.epochs * plan.image_size**2 > plain.epochs * plain.image_size**2
+    assert plan.estimated_s <= 1800 and plan.augment == "flip"
+    assert any("computed once" in r for r in plan.reasons)
+    assert not any("computed once" in r for r in plain.reasons)
+    row = next(c for c in plan.candidates if c["image_size"] == plan.image_size)
+    assert row["frozen_stages_once_s"] > 0
+    # so many epochs fit that random crops are planned: pixels change, nothing can be stored
+    long = make_plan(inputs(36_000, frozen_stages=4, throughputs=stored))
+    assert long.augment == "light" and not any("computed once" in r for r in long.reasons)
+
+
+def test_error_model_prefers_pixels_once_epochs_saturate():
+    assert expected_error(64, 8, 224, probe=False) > expected_error(96, 4, 224, probe=False)
+    assert expected_error(96, 1, 224, probe=False) > expected_error(64, 3, 224, probe=False)
+
+
 def test_little_data_per_class_unfreezes_gradually():
     plan = make_plan(inputs(600, n_train=500, n_val=100, classes=10))
     assert plan.strategy == "gradual"
@@ -148,6 +179,41 @@ def test_budget_run_records_its_plan_and_the_resolved_config(make_image_folder, 
     assert any(line.startswith("plan for --budget 30s") for line in lines)
     assert any("because" in line for line in lines)
     assert len(metric_rows(out)) <= plan["epochs"]
+
+
+def test_refit_follows_the_real_speed_of_the_first_steps():
+    plan = make_plan(inputs(600, frozen_stages=4))
+    per_epoch = 60_000 // 128
+    planned_step_s = 128 / 350.0
+    same = refit_epochs(plan, planned_step_s, per_epoch, 40, 40 + 40 * planned_step_s, 60)
+    assert abs(same - plan.epochs) <= 1  # the probe was right: about the plan
+    faster = refit_epochs(plan, planned_step_s / 1.5, per_epoch, 40, 40, 60)
+    slower = refit_epochs(plan, planned_step_s * 1.5, per_epoch, 40, 40, 60)
+    assert slower < plan.epochs <= faster and faster > slower
+    assert refit_epochs(plan, 100.0, per_epoch, 40, 40, 60) == 1  # never below one epoch
+    assert refit_epochs(plan, 1e-6, per_epoch, 40, 40, 7) == 7  # nor past the dataset's cap
+
+
+def test_a_budget_run_refits_its_epochs_and_records_them(make_image_folder, tmp_path, monkeypatch):
+    import tlearn.training.planner as planner
+
+    def overplanned(inputs: PlanInputs) -> planner.Plan:
+        plan = make_plan(inputs)
+        plan.strategy, plan.epochs = "finetune", 40  # far more than 4 seconds allow
+        return plan
+
+    monkeypatch.setattr(planner, "make_plan", overplanned)
+    lines: list[str] = []
+    out = tmp_path / "run"
+    data = make_image_folder(n=24)  # 36 training images: 18 steps of 2 per epoch
+    options = {**TINY, "batch_size": 2, "image_size": None, "log": lines.append}
+    tlearn.train(str(data), out=str(out), budget="4s", **options)
+    refit = [line for line in lines if line.startswith("refitted to the budget")]
+    assert refit and "instead of 40" in refit[0]
+    config = __import__("yaml").safe_load((out / "config.yaml").read_text())
+    plan = json.loads((out / "plan.json").read_text())
+    assert config["epochs"] == plan["applied"]["epochs"] == plan["epochs"] < 40
+    assert len(metric_rows(out)) <= config["epochs"]
 
 
 def test_budget_stops_before_an_epoch_that_would_overrun(make_image_folder, tmp_path):
@@ -315,3 +381,22 @@ def test_the_probe_runs_the_network_at_each_candidate_size(monkeypatch):
     assert [t.image_size for t in measured] == [32, 64]
     assert {size for size, own in seen} == {32, 64} and all(s == o for s, o in seen)
     assert model.backbones[0].input_size == 32  # the run's model is left as it was
+
+
+def test_the_probe_times_training_on_stored_frozen_stage_outputs():
+    from tlearn.models import create_backbone
+    from tlearn.training.planner import measure_throughput
+    from tlearn.training.runtime import autocast_factory
+    from tlearn.training.trainer import build_classifier
+
+    backbone = create_backbone("test_efficientnet", "none", 32)
+    model = build_classifier([backbone], 2, TrainConfig(data="x"))
+    first = {id(p) for stage in backbone.stages()[:2] for p in stage}
+    frozen = frozenset(n for n, p in model.named_parameters() if id(p) in first)
+    plain = autocast_factory(torch.device("cpu"), "fp32")
+    cpu = torch.device("cpu")
+    (t,) = measure_throughput(model, [32], cpu, plain, plain, 2, frozen, store_prefix=True)
+    assert t.stored_train_ips and t.prefix_ips and t.train_ips
+    assert model.backbones[0].after_prefix is None  # the run's model computes from images
+    (t,) = measure_throughput(model, [32], cpu, plain, plain, 2, frozen)
+    assert t.stored_train_ips is None

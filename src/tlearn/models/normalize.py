@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tlearn.models.prefix import Prefix
 from tlearn.preprocessing import Preprocessing
 
 
@@ -36,6 +37,9 @@ class NormalizedBackbone(nn.Module):
         self.taps = tuple(taps)
         self._pooled: dict[int, list[torch.Tensor]] = {}
         self._width: int | None = None
+        # While set (training on stored activations, see `tlearn.models.prefix`), forward takes
+        # the output of these first modules instead of images.
+        self.after_prefix: Prefix | None = None
         for name in self.taps:
             body.get_submodule(name).register_forward_hook(self._keep_pooled)
         mean = torch.tensor(preprocessing.mean).view(1, 3, 1, 1)
@@ -44,12 +48,19 @@ class NormalizedBackbone(nn.Module):
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", std, persistent=False)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """[0, 1] images at any size -> the body's input: its own size and statistics."""
         if images.shape[-1] != self.input_size or images.shape[-2] != self.input_size:
             images = F.interpolate(
                 images, size=(self.input_size, self.input_size), mode="bilinear", antialias=True
             )
-        x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+        return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.after_prefix is not None:
+            with self.after_prefix.skipped():
+                return self.body(images)
+        x = self.prepare(images)
         if not self.taps:
             return self.body(x)
         key = threading.get_ident()

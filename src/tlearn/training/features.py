@@ -238,13 +238,21 @@ def compute_features(
     description: str,
     *,
     flip: bool = False,
+    flatten: bool = True,
+    keep: torch.dtype = torch.float32,
 ) -> FeatureSet:
+    """`backbone`'s outputs for every decodable image of `source`, stored as `keep`.
+
+    Without `flatten` the outputs keep their shape (a network's inner activations).
+    """
     batch = inference_batch_size(device, pre.input_size)
     loader = image_loader(source, pre, cfg, train=False, batch_size=batch)
-    extractor, dtype, autocast = inference_backbone(backbone, device, precision)
+    if flatten:
+        backbone = torch.nn.Sequential(backbone, torch.nn.Flatten(1))
+    extractor, dtype, autocast = inference_module(backbone, device, precision)
     if cfg.compile:
         compile_module(extractor)
-    rows = _Rows(len(source), flip)
+    rows = _Rows(len(source), flip, keep)
     with torch.inference_mode():
         for batch in tqdm(loader, desc=description, leave=False, disable=None, unit="batch"):
             if batch is None:
@@ -268,8 +276,8 @@ class _Rows:
     between the batches' freed activations: a cold Fashion-MNIST run grew by 2 GiB.
     """
 
-    def __init__(self, capacity: int, flip: bool) -> None:
-        self.capacity, self.flip, self.count = capacity, flip, 0
+    def __init__(self, capacity: int, flip: bool, dtype: torch.dtype = torch.float32) -> None:
+        self.capacity, self.flip, self.count, self.dtype = capacity, flip, 0, dtype
         self.features: torch.Tensor | None = None
         self.flipped: torch.Tensor | None = None
         self.labels = torch.empty(capacity, dtype=torch.long)
@@ -277,9 +285,9 @@ class _Rows:
 
     def add(self, out, mirrored, labels, indices) -> None:
         if self.features is None:
-            width = out.shape[1]
-            self.features = torch.empty(self.capacity, width)
-            self.flipped = torch.empty(self.capacity, width) if self.flip else None
+            shape = (self.capacity, *out.shape[1:])
+            self.features = torch.empty(shape, dtype=self.dtype)
+            self.flipped = torch.empty(shape, dtype=self.dtype) if self.flip else None
         a, b = self.count, self.count + len(out)
         self.features[a:b] = out
         if self.flipped is not None:
@@ -301,13 +309,6 @@ class _Rows:
             feats, labels, indices = feats.clone(), labels.clone(), indices.clone()
             flipped = flipped.clone() if flipped is not None else None
         return FeatureSet(feats, labels, flipped, indices)
-
-
-def inference_backbone(
-    backbone: torch.nn.Module, device: torch.device, precision: str
-) -> tuple[torch.nn.Module, torch.dtype, Callable]:
-    """A frozen backbone returning flat features, in its fastest inference form."""
-    return inference_module(torch.nn.Sequential(backbone, torch.nn.Flatten(1)), device, precision)
 
 
 # -- the on-disk cache ----------------------------------------------------------------------------
@@ -412,6 +413,7 @@ class FeatureLoader:
         *,
         shuffle: bool,
         generator: torch.Generator | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         self.data = features
         self.batch_size = batch_size
@@ -419,6 +421,7 @@ class FeatureLoader:
         self.generator = generator
         self.dataset = features  # len(dataset) = items per epoch, as the loop expects
         self.sample_weights: torch.Tensor | None = None  # `--balance sampler`: weighted draws
+        self.dtype = dtype  # stored in less (bf16 activations), served as this
 
     def __len__(self) -> int:
         return math.ceil(len(self.data) / self.batch_size)
@@ -435,6 +438,8 @@ class FeatureLoader:
             idx = order[start : start + self.batch_size]
             x = self.data.features[idx]
             if mirror is not None:
-                m = mirror[idx]
-                x = torch.where(m[:, None], self.data.flipped[idx], x)
+                m = mirror[idx].view(-1, *([1] * (x.dim() - 1)))
+                x = torch.where(m, self.data.flipped[idx], x)
+            if self.dtype is not None:
+                x = x.to(self.dtype)
             yield x, self.data.labels[idx], idx

@@ -5,14 +5,15 @@ of the real model at candidate sizes), so its choices are testable without a clo
 measures those numbers with a probe of a few seconds and prints the plan with its reasons.
 
 The accuracy model behind the choice is deliberately small and calibrated on this project's
-reference measurements (Fashion-MNIST, EfficientNet-Lite0, 64 px, 2-core CPU): fine-tuning the
-whole network gave 90.6 / 92.7 / 93.6% after 1 / 2 / 3 epochs, i.e. an error falling like
-epochs^-0.35; a frozen backbone with a head trained on cached features gave 88-89%, i.e. about
-1.2x the error of one fine-tuning epoch. Resolution helps like size^-0.3 up to the backbone's own
-size. So: fine-tune whenever one whole epoch fits, spend the budget on epochs before pixels, and
-fall back to the frozen-feature probe when not even one epoch fits. Fine-tuning keeps the early,
-high-resolution stages frozen (`early_stages`): 1.66x more epochs for the same time, and
-measured 94.11% after 4 such epochs (530 s), where 3 whole-network epochs gave 93.6% (518 s).
+reference measurements (Fashion-MNIST, EfficientNet-Lite0, 2-core CPU): at 64 px fine-tuning
+gave 90.6 / 92.7 / 93.6 / 94.1% after 1 / 2 / 3 / 4 epochs and 94.65% after 12, i.e. an error
+falling like epochs^-0.35 for a few epochs, then barely; a frozen backbone with a head trained
+on cached features was about 1.2x the error of one fine-tuning epoch. Resolution helps like
+size^-0.4 up to the backbone's own size (2 epochs on 20,000 images: 91.8% at 64 px, 92.9% at
+96 px). So: fine-tune whenever one whole epoch fits, buy epochs first, then pixels, and fall back
+to the frozen-feature probe when not even one epoch fits. Fine-tuning keeps the early,
+high-resolution stages frozen (`early_stages`), and stores their outputs once where flips are
+the only augmentation (`tlearn.training.prefix_cache`), so each epoch computes only the rest.
 """
 
 from __future__ import annotations
@@ -42,11 +43,19 @@ PROBE_TO_EPOCH = 1.0
 # (30m: 12 epochs) flips scored 94.65% test (94.25% val); flips + shifts 94.31% test (94.70%
 # val): no clear gain; 13 epochs with random resized crops scored 94.11%.
 AUGMENT_EPOCHS = 20
-MIN_EPOCHS_BEFORE_PIXELS = 3  # epochs bought before a larger image size is worth its cost
+# The error falls like epochs^-0.35 up to about 4 epochs, then like epochs^-0.09 (Lite0 at 64 px
+# on Fashion-MNIST: 92.7 / 93.6 / 94.1% test after 2 / 3 / 4 epochs, 94.65% after 12), and like
+# size^-0.4 (20,000 images: 2 epochs at 64 px 91.76%, 4 at 64 px 92.32%, 2 at 96 px 92.94%,
+# 1 at 128 px 92.13%): past a few epochs, pixels buy more than epochs.
 ERROR_EPOCH_EXPONENT = 0.35
-ERROR_SIZE_EXPONENT = 0.3
+SATURATING_EPOCHS = 4
+LATE_EPOCH_EXPONENT = 0.09
+ERROR_SIZE_EXPONENT = 0.4
 PROBE_ERROR_FACTOR = 1.2  # frozen features vs one fine-tuning epoch at the same size
-FINETUNE_LR = 1e-3  # AdamW peak with one-cycle at batch 128 (scaled by sqrt(batch / 128))
+# AdamW peak with one-cycle at batch 128 (scaled by sqrt(batch / 128)). Lite0 with 4 stages
+# frozen, 2 epochs on 20,000 Fashion-MNIST images at 64 px: 91.53 / 92.07 / 92.16% test at peak
+# rates 1e-3 / 2e-3 / 4e-3.
+FINETUNE_LR = 3e-3
 # Early stages holding at most this share of a backbone's parameters stay frozen when a budget
 # fine-tunes: they work at the highest resolution, so they cost most of a step's time (Lite0 at
 # 64 px: freezing its first 4 of 8 stages, 1.6% of the weights, made a step 1.66x faster)
@@ -61,6 +70,10 @@ class Throughput:
     image_size: int
     train_ips: float  # whole network training (forward + backward + step)
     infer_ips: float  # inference: feature extraction and validation
+    # With frozen first stages whose outputs a run stores (`tlearn.training.prefix_cache`):
+    # training on the stored outputs, and computing them once.
+    stored_train_ips: float | None = None
+    prefix_ips: float | None = None
 
 
 @dataclass
@@ -105,15 +118,17 @@ class Plan:
     budget_s: float
     reasons: list[str] = field(default_factory=list)
     candidates: list[dict] = field(default_factory=list)
+    # seconds of an epoch besides its training steps (validation, saving): for `refit_epochs`
+    epoch_other_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def candidate_sizes(native: int | None, backbone_size: int) -> list[int]:
-    """Sizes worth probing: small data upsampled to a few multiples of 32, large data downsized."""
+    """Sizes worth probing: small data upsampled to a few multiples of 16, large data downsized."""
     if native is not None and native <= 64:
-        sizes = [64, 96, 128]
+        sizes = [64, 80, 96, 128]
     else:
         sizes = [96, 128, 160, 192, 224]
     return sorted({min(s, backbone_size) for s in sizes if s <= max(backbone_size, 64)}) or [64]
@@ -125,12 +140,36 @@ def expected_error(image_size: int, epochs: float, backbone_size: int, probe: bo
     by_size = (64 / size) ** ERROR_SIZE_EXPONENT
     if probe:
         return PROBE_ERROR_FACTOR * by_size
-    return by_size * max(epochs, 1e-9) ** -ERROR_EPOCH_EXPONENT
+    epochs = max(epochs, 1e-9)
+    early = min(epochs, SATURATING_EPOCHS) ** -ERROR_EPOCH_EXPONENT
+    late = max(1.0, epochs / SATURATING_EPOCHS) ** -LATE_EPOCH_EXPONENT
+    return by_size * early * late
 
 
 def max_epochs(n_train: int) -> int:
     """Where more epochs stop paying: about 3 million images seen, 10 to 60 epochs."""
     return int(min(60, max(10, round(3_000_000 / max(1, n_train)))))
+
+
+def epochs_at(
+    t: Throughput, inputs: PlanInputs, available: float, stored: bool
+) -> tuple[int, float, float, float]:
+    """(epochs that fit, seconds per epoch, one-off seconds, seconds of an epoch besides its
+    training steps) at `t`'s size.
+
+    `stored`: the frozen stages' outputs computed once (train images and their mirrors, and the
+    validation images), then epochs on them.
+    """
+    once_s = 0.0
+    train_ips = t.train_ips
+    if stored and t.stored_train_ips and t.prefix_ips:
+        once_s = (2 * inputs.n_train + inputs.n_val) / t.prefix_ips
+        train_ips = t.stored_train_ips
+    train_s = PROBE_TO_EPOCH * inputs.n_train / train_ips
+    eval_s = PROBE_TO_EPOCH * inputs.n_val / t.infer_ips
+    epoch_s = train_s + eval_s + EPOCH_OVERHEAD_S
+    fits = math.floor(max(0.0, available - once_s) / epoch_s)
+    return min(fits, max_epochs(inputs.n_train)), epoch_s, once_s, eval_s + EPOCH_OVERHEAD_S
 
 
 def make_plan(inputs: PlanInputs) -> Plan:
@@ -148,27 +187,29 @@ def make_plan(inputs: PlanInputs) -> Plan:
     candidates = []
     best: tuple[float, dict] | None = None
     for t in sorted(inputs.throughputs, key=lambda t: t.image_size):
-        train_s = PROBE_TO_EPOCH * inputs.n_train / t.train_ips
-        eval_s = PROBE_TO_EPOCH * inputs.n_val / t.infer_ips
-        epoch_s = train_s + eval_s + EPOCH_OVERHEAD_S
-        fits = math.floor(max(0.0, available) / epoch_s)
-        epochs = min(fits, max_epochs(inputs.n_train))
+        epochs, epoch_s, once_s, other_s = epochs_at(t, inputs, available, stored=False)
+        if t.stored_train_ips and t.prefix_ips:
+            stored = epochs_at(t, inputs, available, stored=True)
+            if stored[0] > epochs and stored[0] <= AUGMENT_EPOCHS:  # flips only: storable
+                epochs, epoch_s, once_s, other_s = stored
         probe_s = PROBE_TO_EPOCH * n_all / t.infer_ips + 2 * EPOCH_OVERHEAD_S
         row = {
             "image_size": t.image_size,
             "train_ips": round(t.train_ips, 1),
             "infer_ips": round(t.infer_ips, 1),
+            "stored_train_ips": round(t.stored_train_ips, 1) if t.stored_train_ips else None,
             "epoch_s": round(epoch_s, 1),
-            "epochs_that_fit": fits,
+            "frozen_stages_once_s": round(once_s, 1),
+            "epochs_that_fit": epochs,
             "probe_s": round(probe_s, 1),
         }
         candidates.append(row)
         if epochs >= 1:
             err = expected_error(t.image_size, epochs, inputs.backbone_size, probe=False)
-            # a larger size must leave room for enough epochs to be worth its pixels
-            if epochs < MIN_EPOCHS_BEFORE_PIXELS and t.image_size > candidates[0]["image_size"]:
-                err *= 1.5
-            option = {"kind": "finetune", "size": t.image_size, "epochs": epochs, "s": epoch_s}
+            option = {
+                "kind": "finetune", "size": t.image_size, "epochs": epochs, "s": epoch_s,
+                "once_s": once_s, "other_s": other_s,
+            }  # fmt: skip
         elif probe_s <= available:
             err = expected_error(t.image_size, 0, inputs.backbone_size, probe=True)
             option = {"kind": "linear-probe", "size": t.image_size, "epochs": 0, "s": probe_s}
@@ -223,9 +264,9 @@ def make_plan(inputs: PlanInputs) -> Plan:
         )
         lr = 1e-3
     reasons.append(
-        f"{epochs} epoch(s) of {strategy} at {size}px fit (~{choice['s']:.0f}s each); "
-        f"more epochs beat more pixels until {MIN_EPOCHS_BEFORE_PIXELS} epochs, and "
-        f"{max_epochs(inputs.n_train)} epochs is where this dataset stops gaining"
+        f"{epochs} epoch(s) of {strategy} at {size}px fit (~{choice['s']:.0f}s each): the "
+        f"most accurate trade of pixels for epochs that fits (epochs gain little after "
+        f"{SATURATING_EPOCHS}; {max_epochs(inputs.n_train)} is where this dataset stops gaining)"
     )
     augment = "flip" if epochs <= AUGMENT_EPOCHS else "light"
     reasons.append(
@@ -237,7 +278,14 @@ def make_plan(inputs: PlanInputs) -> Plan:
             "on Fashion-MNIST 13 epochs with them scored no better than 4 with flips)"
         )
     )
-    estimated = inputs.spent_s + decode_s + epochs * choice["s"] + FIXED_OVERHEAD_S
+    if choice["once_s"]:
+        reasons.append(
+            f"the frozen stages' outputs are computed once (~{choice['once_s']:.0f}s, mirrors "
+            "included), not every epoch"
+        )
+    estimated = (
+        inputs.spent_s + decode_s + choice["once_s"] + epochs * choice["s"] + FIXED_OVERHEAD_S
+    )
     return Plan(
         strategy=strategy,
         image_size=size,
@@ -250,7 +298,23 @@ def make_plan(inputs: PlanInputs) -> Plan:
         budget_s=inputs.budget_s,
         reasons=reasons,
         candidates=candidates,
+        epoch_other_s=round(choice["other_s"], 1),
     )
+
+
+def refit_epochs(
+    plan: Plan, step_s: float, steps_per_epoch: int, steps_done: int, used_s: float, cap: int
+) -> int:
+    """The epochs that fit the budget at the first epoch's real speed (`step_s` a step).
+
+    The probe times a few steps seconds before training; the machine may run faster or slower
+    than it did then (other load, a CPU's clock, the data path): its error, 25% either way on
+    this project's reference machine, is a whole epoch of a 10-minute budget.
+    """
+    end = plan.budget_s * SAFETY - FIXED_OVERHEAD_S
+    epoch_s = steps_per_epoch * step_s + plan.epoch_other_s
+    first_ends = used_s + (steps_per_epoch - steps_done) * step_s + plan.epoch_other_s
+    return max(1, min(cap, 1 + math.floor(max(0.0, end - first_ends) / epoch_s)))
 
 
 # -- measuring -------------------------------------------------------------------------------------
@@ -295,11 +359,17 @@ def measure_throughput(
     infer_autocast: Callable,
     batch: int = 32,
     frozen: frozenset[str] = frozenset(),
+    store_prefix: bool = False,
+    precision: str = "fp32",
+    enough: Callable[[Throughput], bool] | None = None,
 ) -> list[Throughput]:
     """Time two training steps and two inference batches of `model` at each size (a few seconds).
 
     The first step at a size is a warm-up (allocations, kernel choice) and is not counted.
-    Parameters named in `frozen` do not train, as in the run the plan is for.
+    Parameters named in `frozen` do not train, as in the run the plan is for; with
+    `store_prefix`, training on the frozen stages' stored outputs, and computing them in the
+    run's inference `precision`, are timed too (where the network allows the split). Sizes go
+    up until `enough` says a size is too slow to be worth a larger one.
     """
     import copy
 
@@ -342,10 +412,72 @@ def measure_throughput(
                     _sync(device)
                     timings.append(time.perf_counter() - start)
             infer_ips = batch / min(timings[1:])
+            stored = (
+                _time_stored_prefix(trial, x, y, optimizer, frozen, train_autocast, precision)
+                if store_prefix and frozen
+                else None
+            )
         except (RuntimeError, AssertionError):  # a network that cannot take this size
             continue
-        results.append(Throughput(size, train_ips, infer_ips))
+        results.append(Throughput(size, train_ips, infer_ips, *(stored or (None, None))))
+        if enough is not None and enough(results[-1]):
+            break
     return results
+
+
+def _time_stored_prefix(
+    trial: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    frozen: frozenset[str],
+    train_autocast: Callable,
+    precision: str,
+) -> tuple[float, float] | None:
+    """(images/s training on stored frozen-stage outputs, images/s computing them), or None."""
+    from tlearn.models.prefix import frozen_prefix
+    from tlearn.training.prefix_cache import PrefixExtractor
+    from tlearn.training.runtime import inference_module
+    from tlearn.training.strategies import freeze_batchnorm_of_frozen
+
+    backbones = list(getattr(trial, "backbones", []))
+    if len(backbones) != 1:
+        return None
+    backbone = backbones[0]
+    ids = {id(p) for n, p in trial.named_parameters() if n in frozen}
+    prefix = frozen_prefix(backbone.body, ids, backbone.prepare(x[:2]))
+    if prefix is None:
+        return None
+    extractor, dtype, autocast = inference_module(
+        PrefixExtractor(backbone, prefix), x.device, precision
+    )  # as the run computes them: on a CPU in bf16, a bf16 copy
+    timings = []
+    with torch.inference_mode():
+        for _ in range(3):
+            start = time.perf_counter()
+            with autocast():
+                stored = extractor(x.to(dtype))
+            _sync(x.device)
+            timings.append(time.perf_counter() - start)
+    prefix_ips = len(x) / min(timings[1:])
+    stored = stored.float().clone().contiguous(memory_format=torch.channels_last)
+    backbone.after_prefix = prefix
+    try:
+        trial.train()
+        freeze_batchnorm_of_frozen(trial)
+        timings = []
+        for _ in range(3):
+            start = time.perf_counter()
+            with train_autocast():
+                loss = torch.nn.functional.cross_entropy(trial(stored).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            _sync(x.device)
+            timings.append(time.perf_counter() - start)
+    finally:
+        backbone.after_prefix = None
+    return len(x) / min(timings[1:]), prefix_ips
 
 
 def _sync(device: torch.device) -> None:
@@ -401,6 +533,13 @@ def plan_run(
             autocast_factory(device, precision),
             batch=batch,
             frozen=frozen,
+            store_prefix=could_store_prefix(cfg),
+            precision=precision,
+            # two epochs do not fit: a larger size could buy one at most, never worth its probe
+            enough=lambda t: (
+                2 * len(splits.train) / max(t.train_ips, t.stored_train_ips or 0)
+                > budget - (time.perf_counter() - started)
+            ),
         )
     if not throughputs:
         throughputs = [Throughput(sizes[0], 1.0, 1.0)]
@@ -438,6 +577,16 @@ def plan_run(
         log(f"  because {reason}")
     plan.candidates = [{**c, "train_precision": train_precision} for c in plan.candidates]
     return plan
+
+
+def could_store_prefix(cfg: TrainConfig) -> bool:
+    """Whether a fine-tuning plan for `cfg` may store its frozen stages' outputs (flips only)."""
+    return (
+        len(cfg.backbone) == 1
+        and cfg.augment in ("none", "flip")
+        and not (cfg.mixup or cfg.cutmix or cfg.progressive or cfg.compile)
+        and cfg.features != "stages"
+    )
 
 
 def apply_plan(cfg: TrainConfig, plan: Plan) -> None:

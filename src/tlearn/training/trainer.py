@@ -28,15 +28,23 @@ from tlearn.errors import TlearnError
 from tlearn.files import atomic_write_text
 from tlearn.models import Backbone, Classifier, build_fusion, build_head, create_backbone
 from tlearn.models.normalize import NormalizedBackbone
+from tlearn.models.prefix import Prefix
 from tlearn.models.stages import stage_taps
 from tlearn.preprocessing import Preprocessing, model_input
 from tlearn.training import loop, progressive
 from tlearn.training.balance import class_weights, per_class_recall, sample_weights
 from tlearn.training.ema import WeightAverage
-from tlearn.training.features import FeatureLoader, extract_features, image_loader
+from tlearn.training.features import (
+    FeatureLoader,
+    FeatureSet,
+    compute_features,
+    extract_features,
+    image_loader,
+)
 from tlearn.training.interrupt import Interrupted, StopRequests
 from tlearn.training.order import EpochBatches, EpochSampler, batches_per_epoch
-from tlearn.training.planner import time_before_fit
+from tlearn.training.planner import Plan, time_before_fit
+from tlearn.training.prefix_cache import PrefixExtractor, flips, plan_prefix, storage_dtype
 from tlearn.training.runtime import (
     autocast_factory,
     compile_module,
@@ -49,7 +57,7 @@ from tlearn.training.runtime import (
     seed_everything,
     tune_allocator,
 )
-from tlearn.training.schedule import build_scheduler
+from tlearn.training.schedule import build_scheduler, lr_factor
 from tlearn.training.state import (
     RESUME_MAY_CHANGE,
     STATE_NAME,
@@ -75,6 +83,7 @@ Log = Callable[[str], None]
 # `--budget` stops before an epoch that would end past this share of the budget: 5% over is
 # better spent finishing a planned schedule (its last, low-rate steps) than cutting it short.
 BUDGET_OVERRUN = 1.05
+REFIT_FROM_STEP = 5  # --budget times the first epoch's steps from here (the first warm caches)
 
 
 @dataclass
@@ -177,19 +186,19 @@ def plan_strategy(
     run_dir: Path,
     started: float,
     log: Log,
-) -> str:
+) -> tuple[str, Plan | None]:
     """`auto` with `--budget`: the planner's choice (it also sets size, epochs, rate and
     schedule in `cfg`, recorded in plan.json); otherwise `resolve_strategy`.
     """
     if cfg.strategy != "auto" or cfg.budget is None:
-        return resolve_strategy(cfg, len(splits.train), log)
+        return resolve_strategy(cfg, len(splits.train), log), None
     from tlearn.training.planner import apply_plan, plan_run, save_plan
 
     plan = plan_run(cfg, splits, device, precision, started, log)
     apply_plan(cfg, plan)
     save_plan(run_dir, plan, cfg)
     seed_everything(cfg.seed)  # the probe drew random numbers: start as a planned rerun would
-    return cfg.strategy
+    return cfg.strategy, plan
 
 
 def load_run_splits(cfg: TrainConfig) -> Splits:
@@ -237,6 +246,7 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
     if cfg.deterministic and cfg.precision not in ("auto", "fp32"):
         raise TlearnError(f"--deterministic computes in fp32: drop --precision {cfg.precision}")
     precision = "fp32" if cfg.deterministic else pick_precision(device, cfg.precision)
+    inference_precision = precision  # training may measure faster in another (below)
     autocast = autocast_factory(device, precision)
 
     splits = load_run_splits(cfg)
@@ -245,7 +255,7 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
     run_dir = prepare_run_dir(cfg.out, cfg.data)
     cfg.out = str(run_dir)
     state = starting_state(run_dir, resume, log)
-    strategy = plan_strategy(cfg, splits, device, precision, run_dir, started, log)
+    strategy, plan = plan_strategy(cfg, splits, device, precision, run_dir, started, log)
     if len(cfg.backbone) > 1 and cfg.weights not in ("auto", "none"):
         raise TlearnError(
             "--weights FILE fits one backbone: give one --backbone, or --weights auto"
@@ -318,13 +328,23 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
         fusion=cfg.fusion,
         config=resolved.to_dict(),
     )
+    prefix = None
+    if not use_features:
+        n_images = len(splits.train) + (len(splits.val) if splits.val is not None else 0)
+        prefix = plan_prefix(
+            cfg, model.backbones, stages, phases, n_images, inference_precision, log
+        )
     if cfg.compile and not use_features:
         log("compiling the network (torch.compile): the first steps wait for it")
         compile_module(model)
     trainer = _Epochs(cfg, model, spec, splits, run_dir, device, autocast, log, stop, state)
     trainer.setup_s = time.perf_counter() - started
+    if plan is not None and plan.strategy != "linear-probe" and len(phases) == 1:
+        trainer.plan = plan  # the epochs are refitted to the first steps' real speed
     if use_features:
         trainer.run_on_features(data_pre, precision)
+    elif prefix is not None:
+        trainer.run_on_prefix(prefix, phases, stages, data_pre, inference_precision)
     else:
         trainer.run_on_images(phases, stages, data_pre)
     trainer.keep_average()
@@ -445,6 +465,8 @@ class _Epochs:
         self.budget_s = parse_duration(cfg.budget) if cfg.budget else None
         self.epoch_started = time.perf_counter()
         self.size_note = ""  # " (32px)" while progressive resizing trains below the full size
+        self.plan: Plan | None = None  # --budget: the planner's, while its epochs may change
+        self.speed_mark: tuple[int, float] | None = None
         self.ema: WeightAverage | None = None
         self.ema_module: nn.Module | None = None
         self.early = EarlyStopping(cfg.patience, cfg.monitor)
@@ -525,14 +547,6 @@ class _Epochs:
             if self.splits.val is not None
             else None
         )
-        decay = cfg.lr_decay
-        if cfg.strategy_kind in ("gradual", "auto") and decay >= 1.0:
-            decay = GRADUAL_DEFAULT_DECAY
-        per_epoch = batches_per_epoch(train_loader)
-
-        def set_mode() -> None:
-            self.model.train()
-            freeze_batchnorm_of_frozen(self.model)
 
         def evaluate() -> loop.Predictions | None:
             if val_loader is None:
@@ -548,6 +562,79 @@ class _Epochs:
         if sizes[0] < full:
             size_of = sizes.__getitem__
             self.log(f"progressive resizing: epochs at {', '.join(f'{s}px' for s in sizes)}")
+        self.train_phases(phases, stages, train_loader, evaluate, size_of, full)
+
+    def run_on_prefix(
+        self,
+        prefix: Prefix,
+        phases: list[Phase],
+        stages: list[list[list[nn.Parameter]]],
+        pre: Preprocessing,
+        precision: str,
+    ) -> None:
+        """Frozen first stages: their outputs computed once (mirrors too), the rest trains on
+        them (see `tlearn.training.prefix_cache`)."""
+        cfg = self.cfg
+        backbone = self.model.backbones[0]
+        extractor = PrefixExtractor(backbone, prefix)
+        keep = storage_dtype(precision)
+        started = time.perf_counter()
+
+        def outputs(source: Any, name: str, flip: bool) -> FeatureSet:
+            return compute_features(
+                extractor, source, pre, cfg, self.device, precision, name,
+                flip=flip, flatten=False, keep=keep,
+            )  # fmt: skip
+
+        train = outputs(self.splits.train, "frozen stages/train", flips(cfg))
+        val = outputs(self.splits.val, "frozen stages/val", False) if self.splits.val else None
+        shape = "x".join(str(d) for d in train.features.shape[1:])
+        self.log(
+            f"frozen stages computed once in {time.perf_counter() - started:.1f}s ({shape} per "
+            f"image{', mirrors too' if flips(cfg) else ''}); the rest of the network trains on them"
+        )
+        self.note_features_shortfall("train", self.splits.train, train)
+        self.note_features_shortfall("val", self.splits.val, val)
+        loader = FeatureLoader(
+            train, cfg.batch_size, shuffle=True, generator=self.generator, dtype=torch.float32
+        )
+        if cfg.balance == "sampler":
+            loader.sample_weights = sample_weights(train.labels, len(self.splits.classes))
+        val_loader = None
+        if val is not None:
+            batch = inference_batch_size(self.device, pre.input_size)
+            val_loader = FeatureLoader(val, batch, shuffle=False, dtype=torch.float32)
+
+        def evaluate() -> loop.Predictions | None:
+            if val_loader is None:
+                return None
+            return loop.predict_all(self.model, val_loader, self.device, self.autocast)
+
+        backbone.after_prefix = prefix
+        try:
+            self.train_phases(phases, stages, loader, evaluate, None, pre.input_size)
+        finally:
+            backbone.after_prefix = None
+
+    def train_phases(
+        self,
+        phases: list[Phase],
+        stages: list[list[list[nn.Parameter]]],
+        train_loader: Any,
+        evaluate: Callable,
+        size_of: Callable[[int], int] | None,
+        full: int,
+    ) -> None:
+        """Each phase of the strategy, with its own optimizer and schedule, from the position."""
+        cfg = self.cfg
+        decay = cfg.lr_decay
+        if cfg.strategy_kind in ("gradual", "auto") and decay >= 1.0:
+            decay = GRADUAL_DEFAULT_DECAY
+        per_epoch = batches_per_epoch(train_loader)
+
+        def set_mode() -> None:
+            self.model.train()
+            freeze_batchnorm_of_frozen(self.model)
 
         first = 0
         for index, phase in enumerate(phases):
@@ -624,6 +711,8 @@ class _Epochs:
     ) -> None:
         if self.ema is not None and batch is not None:
             self.ema.update(run.module)
+        if self.plan is not None and self.position.epoch == 0:
+            self.refit_to_speed(run, progress.step, batches_per_epoch(batches.loader))
         k = progress.step - 1
         expected = batches.expected(k)
         if expected is not None:  # the PIL path: name the files its workers could not decode
@@ -639,6 +728,46 @@ class _Epochs:
             self.interrupted()
         if every and progress.step % every == 0 and progress.step < batches.start + len(batches):
             self.save_state(run)
+
+    def refit_to_speed(self, run: _PhaseRun, step: int, per_epoch: int) -> None:
+        """--budget: time steps 5 to ~10% of the first epoch, then refit the epochs to them.
+
+        The schedule is stretched or shrunk while it is still warming up; config.yaml and
+        plan.json record the new count, so a resume or a rerun trains the same.
+        """
+        from tlearn.training.planner import max_epochs, refit_epochs, save_plan
+
+        plan, cfg = self.plan, self.cfg
+        at = max(REFIT_FROM_STEP + 10, per_epoch // 10)
+        if step == REFIT_FROM_STEP:
+            self.speed_mark = (step, time.perf_counter())
+        if step != at or self.speed_mark is None or plan is None or at >= per_epoch:
+            return
+        self.plan = None  # once
+        first, since = self.speed_mark
+        step_s = (time.perf_counter() - since) / (step - first)
+        used = self.setup_s + self.elapsed()
+        cap = max_epochs(len(self.splits.train))
+        epochs = refit_epochs(plan, step_s, per_epoch, step, used, cap)
+        if epochs == cfg.epochs:
+            return
+        speed = cfg.batch_size / step_s
+        self.log(
+            f"refitted to the budget: training runs at {speed:,.0f} img/s, not the probe's "
+            f"estimate, so {epochs} epoch(s) instead of {cfg.epochs}"
+        )
+        cfg.epochs = run.epochs = epochs
+        steps, warmup = epochs * per_epoch, int(min(cfg.warmup, epochs) * per_epoch)
+        run.scheduler.lr_lambdas = [
+            lambda s: lr_factor(s, steps, warmup, cfg.schedule) for _ in run.optimizer.param_groups
+        ]
+        self.spec.config["epochs"] = epochs
+        TrainConfig.from_dict(self.spec.config).save_yaml(self.run_dir / "config.yaml")
+        plan.epochs = epochs
+        plan.reasons.append(
+            f"refitted after {step} steps of the first epoch: {speed:,.0f} img/s training"
+        )
+        save_plan(self.run_dir, plan, cfg)
 
     def retry_with_lower_lr(self, run: _PhaseRun, good: dict, error: loop.NonFiniteLoss) -> None:
         where = f"epoch {self.position.epoch + 1}, step {error.step + 1}"
