@@ -377,8 +377,6 @@ def measure_throughput(
     """
     import copy
 
-    from tlearn.training.strategies import freeze_batchnorm_of_frozen
-
     trial = copy.deepcopy(model).to(device).to(memory_format=torch.channels_last)
     for name, p in trial.named_parameters():
         p.requires_grad_(name not in frozen)
@@ -393,19 +391,7 @@ def measure_throughput(
         x = x.contiguous(memory_format=torch.channels_last)
         y = torch.zeros(batch, dtype=torch.long, device=device)
         try:
-            timings = []
-            trial.train()
-            freeze_batchnorm_of_frozen(trial)
-            for _ in range(3):
-                start = time.perf_counter()
-                with train_autocast():
-                    loss = torch.nn.functional.cross_entropy(trial(x).float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                _sync(device)
-                timings.append(time.perf_counter() - start)
-            train_ips = batch / min(timings[1:])
+            train_ips = _training_ips(trial, x, y, optimizer, train_autocast)
             trial.eval()
             timings = []
             with torch.inference_mode():
@@ -442,7 +428,6 @@ def _time_stored_prefix(
     from tlearn.models.prefix import frozen_prefix
     from tlearn.training.prefix_cache import PrefixExtractor
     from tlearn.training.runtime import inference_module
-    from tlearn.training.strategies import freeze_batchnorm_of_frozen
 
     backbones = list(getattr(trial, "backbones", []))
     if len(backbones) != 1:
@@ -467,21 +452,34 @@ def _time_stored_prefix(
     stored = stored.float().clone().contiguous(memory_format=torch.channels_last)
     backbone.after_prefix = prefix
     try:
-        trial.train()
-        freeze_batchnorm_of_frozen(trial)
-        timings = []
-        for _ in range(3):
-            start = time.perf_counter()
-            with train_autocast():
-                loss = torch.nn.functional.cross_entropy(trial(stored).float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            _sync(x.device)
-            timings.append(time.perf_counter() - start)
+        return _training_ips(trial, stored, y, optimizer, train_autocast), prefix_ips
     finally:
         backbone.after_prefix = None
-    return len(x) / min(timings[1:]), prefix_ips
+
+
+def _training_ips(
+    trial: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    train_autocast: Callable,
+) -> float:
+    """Images/s of training steps on `x` (the first, a warm-up, not counted)."""
+    from tlearn.training.strategies import freeze_batchnorm_of_frozen
+
+    trial.train()
+    freeze_batchnorm_of_frozen(trial)
+    timings = []
+    for _ in range(3):
+        start = time.perf_counter()
+        with train_autocast():
+            loss = torch.nn.functional.cross_entropy(trial(x).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        _sync(x.device)
+        timings.append(time.perf_counter() - start)
+    return len(x) / min(timings[1:])
 
 
 def _sync(device: torch.device) -> None:
