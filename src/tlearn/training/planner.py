@@ -583,12 +583,9 @@ def plan_run(
 
 def could_store_prefix(cfg: TrainConfig) -> bool:
     """Whether a fine-tuning plan for `cfg` may store its frozen stages' outputs (flips only)."""
-    return (
-        len(cfg.backbone) == 1
-        and cfg.augment in ("none", "flip")
-        and not (cfg.mixup or cfg.cutmix or cfg.progressive or cfg.compile)
-        and cfg.features != "stages"
-    )
+    from tlearn.training.prefix_cache import may_store
+
+    return may_store(cfg) and cfg.features != "stages"  # taps hook skipped stages
 
 
 def apply_plan(cfg: TrainConfig, plan: Plan) -> None:

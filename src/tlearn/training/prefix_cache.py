@@ -52,9 +52,7 @@ def plan_prefix(
     log: Callable[[str], None],
 ) -> Prefix | None:
     """The prefix whose output this run can store, or None (and why, when it is close)."""
-    if len(backbones) != 1 or len(phases) != 1 or not cfg.features_cacheable:
-        return None
-    if cfg.progressive or cfg.compile or backbones[0].taps:
+    if not may_store(cfg) or len(phases) != 1 or backbones[0].taps:
         return None
     n_frozen = frozen_stage_count(phases, len(stages[0]))
     if n_frozen == 0 or n_frozen >= len(stages[0]):
@@ -77,6 +75,13 @@ def plan_prefix(
         )
         return None
     return prefix
+
+
+def may_store(cfg: TrainConfig) -> bool:
+    """What the options allow: one backbone, pixels that stay the same every epoch (flips are
+    stored with their mirrors), no progressive resizing, no compiling."""
+    single = len(cfg.backbone) == 1
+    return single and cfg.features_cacheable and not (cfg.progressive or cfg.compile)
 
 
 def flips(cfg: TrainConfig) -> bool:

@@ -483,7 +483,7 @@ class _Epochs:
         self.log(f"computing frozen features once ({precision}); the head then trains on them")
         train = extract_features(
             self.model, self.splits.train, pre, cfg, self.device, precision, "features/train",
-            flip=cfg.augment == "flip" and cfg.hflip, log=self.log,
+            flip=flips(cfg), log=self.log,
         )  # fmt: skip
         val = None
         if self.splits.val is not None:
