@@ -107,6 +107,11 @@ class TrainConfig:
     epochs: int | None = opt(
         None, "training epochs (default 5; 6 for a head trained on cached features)"
     )
+    steps_per_epoch: int | None = opt(
+        None,
+        "end each epoch after N batches, a fresh shuffled share of the training set each time "
+        "(default: the whole set; a --budget plan sets it to use its time to the end)",
+    )
     budget: str | None = opt(
         None,
         "time budget for the whole run, e.g. 90s, 10m, 2h: --strategy auto then plans image "
@@ -287,6 +292,8 @@ class TrainConfig:
             raise TlearnError(f"--hidden {self.hidden!r} must be positive sizes like 256,128")
         if self.epochs is not None:
             _check_range("epochs", self.epochs, 1, 100_000)
+        if self.steps_per_epoch is not None:
+            _check_range("steps_per_epoch", self.steps_per_epoch, 1, 10_000_000)
         if self.batch_size is not None:
             check_batch_size(self.batch_size)
         _check_range("dropout", self.dropout, 0.0, 0.99)

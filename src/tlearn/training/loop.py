@@ -107,7 +107,9 @@ def train_one_epoch(
     dataset = getattr(loader, "dataset", None)
     skipped = (
         max(0, len(dataset) - progress.seen - progress.unused)
-        if dataset is not None and hasattr(dataset, "__len__")
+        if dataset is not None
+        and hasattr(dataset, "__len__")
+        and not getattr(loader, "partial", False)  # --steps-per-epoch: a share of the data
         else 0
     )
     return EpochStats(

@@ -85,15 +85,31 @@ class EpochBatches:
     cannot say), which is how files that failed to decode in a loader process are named.
     """
 
-    def __init__(self, loader: Any, seed: int, epoch: int, start: int = 0):
+    def __init__(
+        self, loader: Any, seed: int, epoch: int, start: int = 0, limit: int | None = None
+    ):
         self.loader, self.seed, self.epoch, self.start = loader, int(seed), int(epoch), int(start)
+        # `--steps-per-epoch`: the epoch ends after this many batches of its shuffled order (a
+        # budget's refit may change it while the epoch runs); None: the whole loader
+        self.limit = limit
         self.dataset = getattr(loader, "dataset", None)
         sampler = getattr(loader, "sampler", None)
         self.sampler = sampler if isinstance(sampler, EpochSampler) else None
         self._order: torch.Tensor | None = None
 
+    @property
+    def total(self) -> int:
+        """Batches in the whole epoch, the part already trained included."""
+        full = batches_per_epoch(self.loader)
+        return full if self.limit is None else max(1, min(full, int(self.limit)))
+
+    @property
+    def partial(self) -> bool:
+        """True when the epoch stops before the end of the data (so no image counts as lost)."""
+        return self.total < batches_per_epoch(self.loader)
+
     def __len__(self) -> int:
-        return max(0, batches_per_epoch(self.loader) - self.start)
+        return max(0, self.total - self.start)
 
     def expected(self, k: int) -> torch.Tensor | None:
         if self.sampler is None or self._order is None:
@@ -108,9 +124,13 @@ class EpochBatches:
         if self.sampler is not None:
             self.sampler.set_epoch(self.epoch, self.start)
             self._order = self.sampler.order()
-            yield from self.loader
-            return
-        yield from _drop(self.loader, self.start)
+            batches = iter(self.loader)
+        else:
+            batches = _drop(self.loader, self.start)
+        for k, batch in enumerate(batches, start=self.start):
+            if k >= self.total:  # read each step: a refit may shorten or lengthen the epoch
+                return
+            yield batch
 
 
 def _drop(batches: Iterable[Any], n: int) -> Iterator[Any]:

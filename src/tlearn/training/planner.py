@@ -5,13 +5,13 @@ of the real model at candidate sizes), so its choices are testable without a clo
 measures those numbers with a probe of a few seconds and prints the plan with its reasons.
 
 The accuracy model behind the choice is deliberately small and calibrated on this project's
-reference measurements (Fashion-MNIST, EfficientNet-Lite0, 2-core CPU): at 64 px fine-tuning
-gave 90.6 / 92.7 / 93.6 / 94.1% after 1 / 2 / 3 / 4 epochs and 94.65% after 12, i.e. an error
-falling like epochs^-0.35 for a few epochs, then barely; a frozen backbone with a head trained
-on cached features was about 1.2x the error of one fine-tuning epoch. Resolution helps like
-size^-0.4 up to the backbone's own size (2 epochs on 20,000 images: 91.8% at 64 px, 92.9% at
-96 px). So: fine-tune whenever one whole epoch fits, buy epochs first, then pixels, and fall back
-to the frozen-feature probe when not even one epoch fits. Fine-tuning keeps the early,
+reference measurements (Fashion-MNIST, EfficientNet-Lite0, 2-core CPU): the error falls like
+epochs^-0.35 for two epochs, then barely (epochs^-0.05), and like size^-0.22 up to the backbone's
+own size; a frozen backbone with a head trained on cached features was about 1.2x the error of
+one fine-tuning epoch. So: fine-tune whenever one whole epoch fits, buy about two epochs, then
+pixels, and fall back to the frozen-feature probe when not even one epoch fits. Epochs need not
+be whole: the last share of the budget trains on a shuffled share of the data each epoch
+(`--steps-per-epoch`), so no plan ends most of an epoch early. Fine-tuning keeps the early,
 high-resolution stages frozen (`early_stages`), and stores their outputs once where flips are
 the only augmentation (`tlearn.training.prefix_cache`), so each epoch computes only the rest.
 """
@@ -43,14 +43,15 @@ PROBE_TO_EPOCH = 1.0
 # (30m: 12 epochs) flips scored 94.65% test (94.25% val); flips + shifts 94.31% test (94.70%
 # val): no clear gain; 13 epochs with random resized crops scored 94.11%.
 AUGMENT_EPOCHS = 20
-# The error falls like epochs^-0.35 up to about 4 epochs, then like epochs^-0.09 (Lite0 at 64 px
-# on Fashion-MNIST: 92.7 / 93.6 / 94.1% test after 2 / 3 / 4 epochs, 94.65% after 12), and like
-# size^-0.4 (20,000 images: 2 epochs at 64 px 91.76%, 4 at 64 px 92.32%, 2 at 96 px 92.94%,
-# 1 at 128 px 92.13%): past a few epochs, pixels buy more than epochs.
+# The error falls like epochs^-0.35 up to about 2 epochs (a plain fine-tuning script at 64 px:
+# 90.6 / 92.7% test after 1 / 2 epochs), then like epochs^-0.05, and like size^-0.22. Budget
+# plans on Fashion-MNIST (Lite0, 4 stages frozen and stored, flips, one-cycle at 3e-3) scored
+# 94.25 / 94.29 / 94.65% test after 3 / 4 / 12 epochs at 64 px, and 94.61 / 94.97% after 2 / 7
+# at 96 px: past two epochs, pixels buy more than epochs.
 ERROR_EPOCH_EXPONENT = 0.35
-SATURATING_EPOCHS = 4
-LATE_EPOCH_EXPONENT = 0.09
-ERROR_SIZE_EXPONENT = 0.4
+SATURATING_EPOCHS = 2
+LATE_EPOCH_EXPONENT = 0.05
+ERROR_SIZE_EXPONENT = 0.22
 PROBE_ERROR_FACTOR = 1.2  # frozen features vs one fine-tuning epoch at the same size
 # AdamW peak with one-cycle at batch 128 (scaled by sqrt(batch / 128)). Lite0 with 4 stages
 # frozen, 2 epochs on 20,000 Fashion-MNIST images at 64 px: 91.53 / 92.07 / 92.16% test at peak
@@ -118,8 +119,11 @@ class Plan:
     budget_s: float
     reasons: list[str] = field(default_factory=list)
     candidates: list[dict] = field(default_factory=list)
-    # seconds of an epoch besides its training steps (validation, saving): for `refit_epochs`
+    # seconds of an epoch besides its training steps (validation, saving): for `refit_schedule`
     epoch_other_s: float = 0.0
+    # each epoch a shuffled share of the data, so the planned epochs end at the budget rather
+    # than a whole epoch short of it (None: whole epochs)
+    steps_per_epoch: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -157,9 +161,9 @@ def max_epochs(n_train: int) -> int:
 
 def epochs_at(
     t: Throughput, inputs: PlanInputs, available: float, stored: bool
-) -> tuple[int, float, float, float]:
-    """(epochs that fit, seconds per epoch, one-off seconds, seconds of an epoch besides its
-    training steps) at `t`'s size.
+) -> tuple[float, float, float, float]:
+    """(epochs that fit, fractions included, seconds per epoch, one-off seconds, seconds of an
+    epoch besides its training steps) at `t`'s size.
 
     `stored`: the frozen stages' outputs computed once (train images and their mirrors, and the
     validation images), then epochs on them.
@@ -171,9 +175,24 @@ def epochs_at(
         train_ips = t.stored_train_ips
     train_s = PROBE_TO_EPOCH * inputs.n_train / train_ips
     eval_s = PROBE_TO_EPOCH * inputs.n_val / t.infer_ips
-    epoch_s = train_s + eval_s + EPOCH_OVERHEAD_S
-    fits = math.floor(max(0.0, available - once_s) / epoch_s)
-    return min(fits, max_epochs(inputs.n_train)), epoch_s, once_s, eval_s + EPOCH_OVERHEAD_S
+    other_s = eval_s + EPOCH_OVERHEAD_S
+    left = max(0.0, available - once_s)
+    # whole epochs, then a share of one more whose validation and saving still fit
+    whole = math.floor(left / (train_s + other_s))
+    share = max(0.0, left - whole * (train_s + other_s) - other_s) / train_s
+    fits = whole + min(1.0, share)
+    return min(fits, max_epochs(inputs.n_train)), train_s + other_s, once_s, other_s
+
+
+def split_epochs(epochs: float, full_steps: int) -> tuple[int, int | None]:
+    """Fractional `epochs` as (whole epochs, steps each); None: every epoch the whole data.
+
+    2.6 epochs of 100 steps become 3 epochs of 86 steps: each a fresh shuffled share of the
+    data, so the one-cycle schedule ends at the budget instead of a whole epoch early.
+    """
+    whole = max(1, math.ceil(epochs - 1e-9))
+    steps = max(1, math.floor(epochs * full_steps / whole))
+    return whole, (None if steps >= full_steps else steps)
 
 
 def make_plan(inputs: PlanInputs) -> Plan:
@@ -204,7 +223,7 @@ def make_plan(inputs: PlanInputs) -> Plan:
             "stored_train_ips": round(t.stored_train_ips, 1) if t.stored_train_ips else None,
             "epoch_s": round(epoch_s, 1),
             "frozen_stages_once_s": round(once_s, 1),
-            "epochs_that_fit": epochs,
+            "epochs_that_fit": round(epochs, 2),
             "probe_s": round(probe_s, 1),
         }
         candidates.append(row)
@@ -251,7 +270,9 @@ def make_plan(inputs: PlanInputs) -> Plan:
             reasons=reasons,
             candidates=candidates,
         )
-    epochs = choice["epochs"]
+    fits = choice["epochs"]
+    full_steps = math.ceil(inputs.n_train / max(1, inputs.batch_size))
+    epochs, steps_per_epoch = split_epochs(fits, full_steps)
     strategy = "gradual" if small_data else "finetune"
     if strategy == "finetune" and inputs.frozen_stages:
         strategy = f"freeze:{inputs.frozen_stages}"
@@ -267,10 +288,17 @@ def make_plan(inputs: PlanInputs) -> Plan:
             "data: the backbone is unfrozen gradually, top stages first"
         )
         lr = 1e-3
+    share = (
+        f" of {steps_per_epoch} of the {full_steps} batches each (a fresh shuffled share of the "
+        "data every epoch, so the schedule ends at the budget)"
+        if steps_per_epoch
+        else ""
+    )
     reasons.append(
-        f"{epochs} epoch(s) of {strategy} at {size}px fit (~{choice['s']:.0f}s each): the "
-        f"most accurate trade of pixels for epochs that fits (epochs gain little after "
-        f"{SATURATING_EPOCHS}; {max_epochs(inputs.n_train)} is where this dataset stops gaining)"
+        f"{fits:.2f} epochs of {strategy} at {size}px fit (~{choice['s']:.0f}s a whole one): "
+        f"{epochs} epoch(s){share}; the most accurate trade of pixels for epochs that fits "
+        f"(epochs gain little after {SATURATING_EPOCHS}; {max_epochs(inputs.n_train)} is where "
+        "this dataset stops gaining)"
     )
     augment = "flip" if epochs <= AUGMENT_EPOCHS else "light"
     reasons.append(
@@ -287,9 +315,11 @@ def make_plan(inputs: PlanInputs) -> Plan:
             f"the frozen stages' outputs are computed once (~{choice['once_s']:.0f}s, mirrors "
             "included), not every epoch"
         )
+    train_s = choice["s"] - choice["other_s"]
     estimated = (
-        inputs.spent_s + decode_s + choice["once_s"] + epochs * choice["s"] + FIXED_OVERHEAD_S
-    )
+        inputs.spent_s + decode_s + choice["once_s"] + fits * train_s
+        + epochs * choice["other_s"] + FIXED_OVERHEAD_S
+    )  # fmt: skip
     return Plan(
         strategy=strategy,
         image_size=size,
@@ -303,22 +333,28 @@ def make_plan(inputs: PlanInputs) -> Plan:
         reasons=reasons,
         candidates=candidates,
         epoch_other_s=round(choice["other_s"], 1),
+        steps_per_epoch=steps_per_epoch,
     )
 
 
-def refit_epochs(
-    plan: Plan, step_s: float, steps_per_epoch: int, steps_done: int, used_s: float, cap: int
-) -> int:
-    """The epochs that fit the budget at the first epoch's real speed (`step_s` a step).
+def refit_schedule(
+    plan: Plan, step_s: float, full_steps: int, steps_done: int, used_s: float, cap: int
+) -> tuple[int, int | None]:
+    """(epochs, steps per epoch or None for whole ones) that end at the budget at the first
+    epoch's real speed (`step_s` a step, `steps_done` of it done after `used_s` seconds).
 
     The probe times a few steps seconds before training; the machine may run faster or slower
     than it did then (other load, a CPU's clock, the data path): its error, 25% either way on
-    this project's reference machine, is a whole epoch of a 10-minute budget.
+    this project's reference machine, is a whole epoch of a 10-minute budget. Fractions of an
+    epoch absorb it, where whole epochs would overrun or drop one.
     """
-    end = plan.budget_s * SAFETY - FIXED_OVERHEAD_S
-    epoch_s = steps_per_epoch * step_s + plan.epoch_other_s
-    first_ends = used_s + (steps_per_epoch - steps_done) * step_s + plan.epoch_other_s
-    return max(1, min(cap, 1 + math.floor(max(0.0, end - first_ends) / epoch_s)))
+    left = plan.budget_s * SAFETY - FIXED_OVERHEAD_S - used_s
+    for epochs in range(1, cap + 1):
+        total = steps_done + (left - epochs * plan.epoch_other_s) / step_s
+        if total <= epochs * full_steps:
+            steps = max(steps_done + 1, math.floor(total / epochs))
+            return epochs, (None if steps >= full_steps else steps)
+    return cap, None
 
 
 # -- measuring -------------------------------------------------------------------------------------
@@ -595,6 +631,8 @@ def apply_plan(cfg: TrainConfig, plan: Plan) -> None:
     """
     cfg.strategy = plan.strategy
     cfg.epochs = plan.epochs
+    if cfg.steps_per_epoch is None:
+        cfg.steps_per_epoch = plan.steps_per_epoch
     if cfg.image_size is None:
         cfg.image_size = plan.image_size
     if cfg.lr is None:
@@ -611,6 +649,9 @@ def save_plan(run_dir: Path, plan: Plan, cfg: TrainConfig) -> None:
 
     record = {**plan.to_dict(), "applied": {
         k: getattr(cfg, k)
-        for k in ("strategy", "image_size", "epochs", "lr", "head", "augment", "schedule")
+        for k in (
+            "strategy", "image_size", "epochs", "steps_per_epoch", "lr", "head", "augment",
+            "schedule",
+        )
     }}  # fmt: skip
     atomic_write_text(Path(run_dir) / "plan.json", json.dumps(record, indent=1) + "\n")

@@ -508,8 +508,9 @@ class _Epochs:
         for p in self.model.backbones.parameters():
             p.requires_grad_(False)
         optimizer = self.optimizer(groups)
-        steps = cfg.epochs * len(loader)
-        scheduler = build_scheduler(optimizer, steps, int(cfg.warmup * len(loader)), cfg.schedule)
+        per_epoch = self.epoch_steps(loader)
+        steps = cfg.epochs * per_epoch
+        scheduler = build_scheduler(optimizer, steps, int(cfg.warmup * per_epoch), cfg.schedule)
 
         def evaluate() -> loop.Predictions | None:
             if val_loader is None:
@@ -630,7 +631,7 @@ class _Epochs:
         decay = cfg.lr_decay
         if cfg.strategy_kind in ("gradual", "auto") and decay >= 1.0:
             decay = GRADUAL_DEFAULT_DECAY
-        per_epoch = batches_per_epoch(train_loader)
+        per_epoch = self.epoch_steps(train_loader)
 
         def set_mode() -> None:
             self.model.train()
@@ -661,6 +662,12 @@ class _Epochs:
 
     # -- the epoch loop --------------------------------------------------------------------
 
+    def epoch_steps(self, loader: Any) -> int:
+        """Batches an epoch trains on: the whole loader, or `--steps-per-epoch` of it."""
+        full = batches_per_epoch(loader)
+        limit = self.cfg.steps_per_epoch
+        return full if limit is None else max(1, min(full, limit))
+
     def train_phase(self, run: _PhaseRun, loader: Any, evaluate: Callable) -> None:
         """The phase's epochs from where the run stands; a NaN/Inf loss retries an epoch once."""
         cfg = self.cfg
@@ -675,7 +682,7 @@ class _Epochs:
             good = self.capture(run)  # the last good state, for a retry
             pos = self.position
             progress = loop.EpochProgress(pos.step, pos.loss_sum, pos.seen, pos.unused)
-            batches = EpochBatches(loader, cfg.seed, epoch, progress.step)
+            batches = EpochBatches(loader, cfg.seed, epoch, progress.step, cfg.steps_per_epoch)
 
             def after_step(
                 batch: Any, progress: loop.EpochProgress, batches: EpochBatches = batches
@@ -712,7 +719,7 @@ class _Epochs:
         if self.ema is not None and batch is not None:
             self.ema.update(run.module)
         if self.plan is not None and self.position.epoch == 0:
-            self.refit_to_speed(run, progress.step, batches_per_epoch(batches.loader))
+            self.refit_to_speed(run, batches, progress.step)
         k = progress.step - 1
         expected = batches.expected(k)
         if expected is not None:  # the PIL path: name the files its workers could not decode
@@ -729,15 +736,16 @@ class _Epochs:
         if every and progress.step % every == 0 and progress.step < batches.start + len(batches):
             self.save_state(run)
 
-    def refit_to_speed(self, run: _PhaseRun, step: int, per_epoch: int) -> None:
-        """--budget: time steps 5 to ~10% of the first epoch, then refit the epochs to them.
+    def refit_to_speed(self, run: _PhaseRun, batches: EpochBatches, step: int) -> None:
+        """--budget: time steps 5 to ~10% of the first epoch, then refit the schedule to them.
 
-        The schedule is stretched or shrunk while it is still warming up; config.yaml and
-        plan.json record the new count, so a resume or a rerun trains the same.
+        The epochs and their length in steps change while the schedule is still warming up;
+        config.yaml and plan.json record them, so a resume or a rerun trains the same.
         """
-        from tlearn.training.planner import max_epochs, refit_epochs, save_plan
+        from tlearn.training.planner import max_epochs, refit_schedule, save_plan
 
         plan, cfg = self.plan, self.cfg
+        per_epoch = self.epoch_steps(batches.loader)
         at = max(REFIT_FROM_STEP + 10, per_epoch // 10)
         if step == REFIT_FROM_STEP:
             self.speed_mark = (step, time.perf_counter())
@@ -748,22 +756,28 @@ class _Epochs:
         step_s = (time.perf_counter() - since) / (step - first)
         used = self.setup_s + self.elapsed()
         cap = max_epochs(len(self.splits.train))
-        epochs = refit_epochs(plan, step_s, per_epoch, step, used, cap)
-        if epochs == cfg.epochs:
+        full = batches_per_epoch(batches.loader)
+        epochs, limit = refit_schedule(plan, step_s, full, step, used, cap)
+        if (epochs, limit) == (cfg.epochs, cfg.steps_per_epoch):
             return
         speed = cfg.batch_size / step_s
+        length = f" of {limit} batches" if limit else ""
         self.log(
             f"refitted to the budget: training runs at {speed:,.0f} img/s, not the probe's "
-            f"estimate, so {epochs} epoch(s) instead of {cfg.epochs}"
+            f"estimate, so {epochs} epoch(s){length} instead of {cfg.epochs}"
+            + (f" of {cfg.steps_per_epoch}" if cfg.steps_per_epoch else "")
         )
         cfg.epochs = run.epochs = epochs
+        cfg.steps_per_epoch = batches.limit = limit
+        per_epoch = self.epoch_steps(batches.loader)
         steps, warmup = epochs * per_epoch, int(min(cfg.warmup, epochs) * per_epoch)
         run.scheduler.lr_lambdas = [
             lambda s: lr_factor(s, steps, warmup, cfg.schedule) for _ in run.optimizer.param_groups
         ]
         self.spec.config["epochs"] = epochs
+        self.spec.config["steps_per_epoch"] = limit
         TrainConfig.from_dict(self.spec.config).save_yaml(self.run_dir / "config.yaml")
-        plan.epochs = epochs
+        plan.epochs, plan.steps_per_epoch = epochs, limit
         plan.reasons.append(
             f"refitted after {step} steps of the first epoch: {speed:,.0f} img/s training"
         )
