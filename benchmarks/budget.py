@@ -81,11 +81,23 @@ def one_budget(budget: str, extra: list[str], work: Path, env: dict[str, str]) -
         "run_dir": str(run),
         "plan": {
             k: plan.get(k)
-            for k in ("strategy", "image_size", "epochs", "lr", "augment", "estimated_s")
+            for k in (
+                "strategy",
+                "image_size",
+                "epochs",
+                "steps_per_epoch",
+                "lr",
+                "augment",
+                "estimated_s",
+            )
         },
         "epochs_run": epochs_run,
         "command": "tlearn " + " ".join(a for a in train_args[:-2]),
-        "plan_log": [line for line in log.splitlines() if "plan" in line or "because" in line],
+        "plan_log": [
+            line
+            for line in log.splitlines()
+            if "plan" in line or "because" in line or "refitted" in line
+        ],
     }
 
 
@@ -146,6 +158,12 @@ def main() -> None:
     write_tables(name, rows)
 
 
+def share(plan: dict) -> str:
+    """' of N batches' when the plan's epochs train on a share of the data."""
+    steps = plan.get("steps_per_epoch")
+    return f" of {steps} batches" if steps else ""
+
+
 def write_tables(name: str, rows: list[dict]) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(rows, indent=2) + "\n")
@@ -159,7 +177,7 @@ def write_tables(name: str, rows: list[dict]) -> None:
         lines.append(
             f"| {r['budget']} | {r['train_wall_s']} | {r['wall_over_budget']:.2f} | "
             f"{r['test_accuracy']:.4f} | {r.get('test_accuracy_tta', float('nan')):.4f} | "
-            f"{p['strategy']} {p['image_size']}px x{p['epochs']} "
+            f"{p['strategy']} {p['image_size']}px x{p['epochs']}{share(p)} "
             f"lr {p['lr']:g} augment {p['augment']} | {r['epochs_run']} | `{r['command']}` |"
         )
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
