@@ -3,7 +3,8 @@
 For each backbone and image size: training (every parameter trains) and inference images/s of
   - plain: the textbook loop — fp32, NCHW, eager, `torch.no_grad` for inference;
   - tlearn: what `tlearn train` runs — channels-last, the precision its probe picks (bf16 on CPUs
-    with native bf16), `inference_mode` and a bf16 copy of frozen weights for inference;
+    with native bf16); for inference, what `evaluate` runs (`inference_module`: batch norms
+    folded into the convolutions, a bf16 copy of the weights, `inference_mode`);
 on the same model, batch and data in the same process, alternating, so machine noise hits both.
 Also the machine's peak (a large bf16 and fp32 matmul) and each model's FLOPs, to report what
 fraction of the hardware each path uses.
@@ -14,7 +15,6 @@ fraction of the hardware each path uses.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
 import statistics
@@ -28,7 +28,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from tlearn.models import build_head, create_backbone
 from tlearn.models.classifier import Classifier
 from tlearn.models.normalize import NormalizedBackbone
-from tlearn.training.runtime import pick_precision, probe_training_precision
+from tlearn.training.runtime import (
+    inference_module,
+    pick_precision,
+    probe_training_precision,
+)
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -93,16 +97,13 @@ def infer_fn(model, x, tlearn_path: bool, precision: str):
                 model(x)
 
         return step
-    x = x.contiguous(memory_format=torch.channels_last)
-    if precision == "bf16":
-        model = copy.deepcopy(model).to(torch.bfloat16).to(memory_format=torch.channels_last)
-        x = x.to(torch.bfloat16)
-    else:
-        model = model.to(memory_format=torch.channels_last)
+    # what `tlearn evaluate` and feature extraction run: batch norms folded, a bf16 copy
+    runner, dtype, autocast = inference_module(model, torch.device("cpu"), precision, x[:2])
+    x = x.to(dtype).contiguous(memory_format=torch.channels_last)
 
     def step():
-        with torch.inference_mode():
-            model(x)
+        with torch.inference_mode(), autocast():
+            runner(x)
 
     return step
 

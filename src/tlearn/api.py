@@ -92,7 +92,8 @@ class Model:
 
             classifier, pre = model_tta(classifier, pre, self.spec.config)
         loader = image_loader(source, pre, cfg, train=False)
-        runner, dtype, autocast = inference_module(classifier, dev, chosen)
+        example = torch.rand(2, 3, pre.input_size, pre.input_size)
+        runner, dtype, autocast = inference_module(classifier, dev, chosen, example)
         pred = loop.predict_all(runner, loader, dev, autocast, "evaluate", dtype=dtype)
         self.classifier.cpu()
         if len(pred.labels) == 0:

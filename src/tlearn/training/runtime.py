@@ -228,16 +228,26 @@ def flush_denormals() -> Iterator[None]:
 
 
 def inference_module(
-    module: torch.nn.Module, device: torch.device, precision: str
+    module: torch.nn.Module,
+    device: torch.device,
+    precision: str,
+    example: torch.Tensor | None = None,
 ) -> tuple[torch.nn.Module, torch.dtype, Callable[[], AbstractContextManager]]:
     """`module` in its fastest inference form for `precision`: (module, input dtype, autocast).
 
-    On a CPU, bf16 autocast re-casts every weight at every call, which for small images costs
-    more than the convolutions; a bf16 copy casts them once (3x on Lite0 at 64 px here). The copy
-    serves inference only: model files keep the exact fp32 weights. GPUs use autocast.
+    Batch norms are folded into the convolutions before them when `example` (one small fp32
+    input) shows the folded copy computes the same (`tlearn.models.fold`). On a CPU, bf16
+    autocast re-casts every weight at every call, which for small images costs more than the
+    convolutions; a bf16 copy casts them once (3x on Lite0 at 64 px here). The copies serve
+    inference only: model files keep the exact fp32 weights. GPUs use autocast.
     """
     import copy
 
+    from tlearn.models.fold import fold_checked
+
+    module = module.to(device).eval()
+    if example is not None:
+        module = fold_checked(module, example.to(device))
     if precision == "bf16" and device.type == "cpu":
         twin = copy.deepcopy(module).to(device=device, dtype=torch.bfloat16)
         return (
@@ -245,7 +255,7 @@ def inference_module(
             torch.bfloat16,
             contextlib.nullcontext,
         )
-    return module.to(device).eval(), torch.float32, autocast_factory(device, precision)
+    return module, torch.float32, autocast_factory(device, precision)
 
 
 def compile_module(module: torch.nn.Module) -> torch.nn.Module:
