@@ -22,6 +22,7 @@ from tlearn.training.planner import (
     Throughput,
     early_stages,
     expected_error,
+    fit_remaining,
     make_plan,
     refit_schedule,
     split_epochs,
@@ -244,6 +245,56 @@ def test_a_budget_run_refits_its_epochs_and_records_them(make_image_folder, tmp_
     assert config["steps_per_epoch"] == plan["applied"]["steps_per_epoch"]
     assert config["steps_per_epoch"] == plan["steps_per_epoch"]
     assert len(metric_rows(out)) <= config["epochs"]
+
+
+def test_a_slower_machine_shortens_the_last_epoch_instead_of_cutting_the_schedule():
+    # 3 epochs of 100 steps left at 1 s a step, 5 s besides each: 315 s
+    assert fit_remaining(400, 1.0, 5.0, 3, 100, 100) is None  # fits as planned
+    assert fit_remaining(250, 1.0, 5.0, 3, 100, 100) == (3, 35)  # 250 - 15 - 200
+    assert fit_remaining(150, 1.0, 5.0, 3, 100, 100) == (2, 40)  # 150 - 10 - 100
+    assert fit_remaining(250, 1.0, 5.0, 3, 100, 60) == (3, 35)  # never longer than planned
+    assert fit_remaining(7, 1.0, 5.0, 3, 100, 100) == (0, 0)  # not 5 steps: stop
+
+
+class SlowsDown(torch.nn.CrossEntropyLoss):
+    """Cross-entropy that takes `pause` seconds a call from call `after` on: a machine that
+    becomes slower once the run has planned (and refitted) its epochs."""
+
+    after, calls, pause = 0, 0, 0.0
+
+    def forward(self, logits, labels):
+        cls = type(self)
+        cls.calls += 1
+        if cls.calls > cls.after:
+            __import__("time").sleep(cls.pause)
+        return super().forward(logits, labels)
+
+
+def test_a_budget_run_that_slows_down_still_anneals_by_its_end(
+    make_image_folder, tmp_path, monkeypatch
+):
+    lines: list[str] = []
+    data = make_image_folder(n=12)  # 18 training images: 9 steps of 2 an epoch
+    SlowsDown.after, SlowsDown.calls, SlowsDown.pause = 9, 0, 0.4
+    monkeypatch.setattr(torch.nn, "CrossEntropyLoss", SlowsDown)
+    options = {**TINY, "batch_size": 2, "log": lines.append}
+    out = tmp_path / "run"
+    # epoch 1 runs at full speed; from epoch 2 each step takes 0.4 s more: 7 more epochs of 9
+    # steps would take over 25 s, past the budget (which the start-up also spends)
+    tlearn.train(str(data), out=str(out), strategy="finetune", epochs=8, budget="25s", **options)
+    short = [line for line in lines if "the budget is running short" in line]
+    assert short, lines
+    config = __import__("yaml").safe_load((out / "config.yaml").read_text())
+    assert config["epochs"] < 8 or config["last_epoch_steps"] is not None
+    rows = metric_rows(out)
+    assert len(rows) == config["epochs"], "\n".join(lines)  # ran to the shortened end
+    steps = (config["epochs"] - 1) * 9 + (config["last_epoch_steps"] or 9)
+    assert SlowsDown.calls == steps
+    state = load_state(out / "state.pt")
+    assert state["scheduler"]["last_epoch"] == steps
+    # the schedule ended with the run: its last step trained at the end of the cosine
+    lr = state["optimizer"]["param_groups"][0]["lr"]
+    assert lr < 0.05 * state["optimizer"]["param_groups"][0]["initial_lr"]
 
 
 def test_budget_stops_before_an_epoch_that_would_overrun(make_image_folder, tmp_path):

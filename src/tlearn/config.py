@@ -112,6 +112,11 @@ class TrainConfig:
         "end each epoch after N batches, a fresh shuffled share of the training set each time "
         "(default: the whole set; a --budget plan sets it to use its time to the end)",
     )
+    last_epoch_steps: int | None = opt(
+        None,
+        "end the last epoch after N batches (a --budget run sets it when the machine runs "
+        "slower than planned, so the schedule still ends inside the budget)",
+    )
     budget: str | None = opt(
         None,
         "time budget for the whole run, e.g. 90s, 10m, 2h: --strategy auto then plans image "
@@ -294,6 +299,8 @@ class TrainConfig:
             _check_range("epochs", self.epochs, 1, 100_000)
         if self.steps_per_epoch is not None:
             _check_range("steps_per_epoch", self.steps_per_epoch, 1, 10_000_000)
+        if self.last_epoch_steps is not None:
+            _check_range("last_epoch_steps", self.last_epoch_steps, 1, 10_000_000)
         if self.batch_size is not None:
             check_batch_size(self.batch_size)
         _check_range("dropout", self.dropout, 0.0, 0.99)

@@ -357,6 +357,32 @@ def refit_schedule(
     return cap, None
 
 
+def fit_remaining(
+    left_s: float,
+    step_s: float,
+    other_s: float,
+    epochs_left: int,
+    steps_per_epoch: int,
+    last_steps: int,
+) -> tuple[int, int] | None:
+    """After an epoch: (epochs still to run, steps of the last) that end within `left_s` at the
+    speed just measured, or None when the planned rest fits as it is.
+
+    `other_s` is an epoch's time besides its steps (validation, saving). (0, 0): not even a
+    twentieth of an epoch fits.
+    """
+    planned = (epochs_left - 1) * steps_per_epoch + last_steps
+    if planned * step_s + epochs_left * other_s <= left_s:
+        return None
+    least = max(1, steps_per_epoch // 20)
+    for epochs in range(epochs_left, 0, -1):
+        room = (left_s - epochs * other_s) / step_s - (epochs - 1) * steps_per_epoch
+        if room >= least:
+            cap = last_steps if epochs == epochs_left else steps_per_epoch
+            return epochs, min(cap, math.floor(room))
+    return 0, 0
+
+
 # -- measuring -------------------------------------------------------------------------------------
 
 _COUNT_PROCESS_START = False
@@ -474,7 +500,7 @@ def _time_stored_prefix(
     if prefix is None:
         return None
     extractor, dtype, autocast = inference_module(
-        PrefixExtractor(backbone, prefix), x.device, precision
+        PrefixExtractor(backbone, prefix), x.device, precision, x[:2]
     )  # as the run computes them: on a CPU in bf16, a bf16 copy
     timings = []
     with torch.inference_mode():
