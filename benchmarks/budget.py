@@ -96,7 +96,7 @@ def one_budget(budget: str, extra: list[str], work: Path, env: dict[str, str]) -
         "plan_log": [
             line
             for line in log.splitlines()
-            if "plan" in line or "because" in line or "refitted" in line
+            if any(word in line for word in ("plan", "because", "refitted", "running short"))
         ],
     }
 

@@ -247,13 +247,17 @@ def test_a_budget_run_refits_its_epochs_and_records_them(make_image_folder, tmp_
     assert len(metric_rows(out)) <= config["epochs"]
 
 
-def test_a_slower_machine_shortens_the_last_epoch_instead_of_cutting_the_schedule():
+def test_the_rest_of_a_budget_run_is_refitted_both_ways_at_each_epoch():
     # 3 epochs of 100 steps left at 1 s a step, 5 s besides each: 315 s
-    assert fit_remaining(400, 1.0, 5.0, 3, 100, 100) is None  # fits as planned
-    assert fit_remaining(250, 1.0, 5.0, 3, 100, 100) == (3, 35)  # 250 - 15 - 200
-    assert fit_remaining(150, 1.0, 5.0, 3, 100, 100) == (2, 40)  # 150 - 10 - 100
-    assert fit_remaining(250, 1.0, 5.0, 3, 100, 60) == (3, 35)  # never longer than planned
-    assert fit_remaining(7, 1.0, 5.0, 3, 100, 100) == (0, 0)  # not 5 steps: stop
+    assert fit_remaining(320, 1.0, 5.0, 3, 100, 100, 3) is None  # fits as planned
+    assert fit_remaining(250, 1.0, 5.0, 3, 100, 100, 3) == (3, 35)  # 250 - 15 - 200
+    assert fit_remaining(150, 1.0, 5.0, 3, 100, 100, 3) == (2, 40)  # 150 - 10 - 100
+    assert fit_remaining(7, 1.0, 5.0, 3, 100, 100, 3) == (0, 0)  # not 5 steps: stop
+    # faster than planned: the last epoch grows, then epochs are added up to the cap
+    assert fit_remaining(300, 1.0, 5.0, 3, 100, 60, 3) == (3, 85)
+    assert fit_remaining(500, 1.0, 5.0, 3, 100, 100, 10) == (5, 75)  # 500 - 25 - 400
+    assert fit_remaining(500, 1.0, 5.0, 3, 100, 100, 3) is None  # capped: as planned
+    assert fit_remaining(318, 1.0, 5.0, 3, 100, 100, 10) is None  # 3 more steps: not worth it
 
 
 class SlowsDown(torch.nn.CrossEntropyLoss):

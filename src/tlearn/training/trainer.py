@@ -340,7 +340,7 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
     trainer = _Epochs(cfg, model, spec, splits, run_dir, device, autocast, log, stop, state)
     trainer.setup_s = time.perf_counter() - started
     if plan is not None and plan.strategy != "linear-probe" and len(phases) == 1:
-        trainer.plan = plan  # the epochs are refitted to the first steps' real speed
+        trainer.plan = trainer.plan_record = plan  # refitted to the first steps' real speed
     if use_features:
         trainer.run_on_features(data_pre, precision)
     elif prefix is not None:
@@ -467,6 +467,7 @@ class _Epochs:
         self.epoch_started = time.perf_counter()
         self.size_note = ""  # " (32px)" while progressive resizing trains below the full size
         self.plan: Plan | None = None  # --budget: the planner's, while its epochs may change
+        self.plan_record: Plan | None = None  # the same, kept to record later changes
         self.speed_mark: tuple[int, float] | None = None
         self.ema: WeightAverage | None = None
         self.ema_module: nn.Module | None = None
@@ -851,40 +852,49 @@ class _Epochs:
             self.save_state(run)  # last, and only over whole files: resume redoes a failed epoch
 
     def fit_to_budget(self, run: _PhaseRun, stats: loop.EpochStats, loader: Any) -> bool:
-        """--budget: shorten what is left when the machine now runs slower than planned.
+        """--budget: refit what is left of the run to the speed of the epoch just finished.
 
         Stopping at an epoch's end would cut the schedule before it anneals, the costliest way
         to keep a budget (a 10m run stopped after 2 of 3 epochs scored 93.4%, against 94.6% for
-        the same two epochs annealed); the last epoch ends early instead, and the schedule
-        shrinks to end with it. True when what is left now fits.
+        the same two epochs annealed): a slower machine ends the last epoch early instead, and
+        the schedule shrinks to end with it. A faster one (a planned run, not the user's
+        epochs) gets more steps: a 30m run whose first steps were slow ended at 87% of its
+        budget. True when what is left now fits.
         """
-        from tlearn.training.planner import FIXED_OVERHEAD_S, SAFETY, fit_remaining
+        from tlearn.training.planner import FIXED_OVERHEAD_S, SAFETY, fit_remaining, max_epochs
 
         cfg = self.cfg
         if run.size_of or run.first != 0 or run.epochs != cfg.epochs:
             return False  # progressive sizes or several phases: the stop rule alone
         done = self.position.epoch
-        steps = self.epoch_steps(loader, done - 1)
-        step_s = stats.seconds / max(1, steps)
+        step_s = stats.seconds / max(1, self.epoch_steps(loader, done - 1))
         other_s = max(0.0, time.perf_counter() - self.epoch_started - stats.seconds) + 1.0
         left = self.budget_s * SAFETY - FIXED_OVERHEAD_S - (self.setup_s + self.elapsed())
-        fit = fit_remaining(
-            left, step_s, other_s, cfg.epochs - done, self.epoch_steps(loader),
-            self.epoch_steps(loader, cfg.epochs - 1),
-        )  # fmt: skip
+        planned_left = cfg.epochs - done
+        last_planned = self.epoch_steps(loader, cfg.epochs - 1)
+        full = self.epoch_steps(loader)
+        most = max_epochs(len(self.splits.train)) - done if self.plan_record else planned_left
+        fit = fit_remaining(left, step_s, other_s, planned_left, full, last_planned, most)
         if fit is None or fit[0] == 0:
             return fit is None  # it still fits; or not even a share of an epoch does: stop
         epochs_left, last = fit
+        longer = (epochs_left - 1) * full + last > (planned_left - 1) * full + last_planned
+        if longer and self.plan_record is None:
+            return True  # the user's epochs are a plan of their own: only ever shortened
         cfg.epochs = run.epochs = done + epochs_left
-        full = self.epoch_steps(loader)
         cfg.last_epoch_steps = last if last < full else None
         self.reschedule(run, loader)
-        self.log(
-            f"the budget is running short ({left:.0f}s left at {cfg.batch_size / step_s:,.0f} "
-            f"img/s): {epochs_left} more epoch(s), the last of {last} batches, and the "
-            "schedule ends with it"
+        note = (
+            f"the budget is {'leaving time' if longer else 'running short'} ({left:.0f}s left "
+            f"at {cfg.batch_size / step_s:,.0f} img/s): {epochs_left} more epoch(s), the last "
+            f"of {last} batches, and the schedule ends with them"
         )
-        self.record_length()
+        self.log(note)
+        plan = self.plan_record
+        if plan is not None:
+            plan.epochs = cfg.epochs
+            plan.reasons.append(f"after epoch {done}: {note}")
+        self.record_length(plan)
         return True
 
     def stop_reason(
