@@ -258,6 +258,7 @@ def test_the_rest_of_a_budget_run_is_refitted_both_ways_at_each_epoch():
     assert fit_remaining(500, 1.0, 5.0, 3, 100, 100, 10) == (5, 75)  # 500 - 25 - 400
     assert fit_remaining(500, 1.0, 5.0, 3, 100, 100, 3) is None  # capped: as planned
     assert fit_remaining(318, 1.0, 5.0, 3, 100, 100, 10) is None  # 3 more steps: not worth it
+    assert fit_remaining(312, 1.0, 5.0, 3, 100, 100, 3) is None  # 3 steps over: within noise
 
 
 class SlowsDown(torch.nn.CrossEntropyLoss):
