@@ -340,7 +340,7 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
     trainer = _Epochs(cfg, model, spec, splits, run_dir, device, autocast, log, stop, state)
     trainer.setup_s = time.perf_counter() - started
     if plan is not None and plan.strategy != "linear-probe" and len(phases) == 1:
-        trainer.plan = trainer.plan_record = plan  # refitted to the first steps' real speed
+        trainer.plan = plan  # refitted to the first steps' real speed, then at each epoch
     if use_features:
         trainer.run_on_features(data_pre, precision)
     elif prefix is not None:
@@ -467,7 +467,7 @@ class _Epochs:
         self.epoch_started = time.perf_counter()
         self.size_note = ""  # " (32px)" while progressive resizing trains below the full size
         self.plan: Plan | None = None  # --budget: the planner's, while its epochs may change
-        self.plan_record: Plan | None = None  # the same, kept to record later changes
+        self.refitted = False  # to the first epoch's steps (`refit_to_speed`), once
         self.speed_mark: tuple[int, float] | None = None
         self.ema: WeightAverage | None = None
         self.ema_module: nn.Module | None = None
@@ -744,7 +744,7 @@ class _Epochs:
     ) -> None:
         if self.ema is not None and batch is not None:
             self.ema.update(run.module)
-        if self.plan is not None and self.position.epoch == 0:
+        if self.plan is not None and not self.refitted and self.position.epoch == 0:
             self.refit_to_speed(run, batches, progress.step)
         k = progress.step - 1
         expected = batches.expected(k)
@@ -777,7 +777,7 @@ class _Epochs:
             self.speed_mark = (step, time.perf_counter())
         if step != at or self.speed_mark is None or plan is None or at >= per_epoch:
             return
-        self.plan = None  # once
+        self.refitted = True
         first, since = self.speed_mark
         step_s = (time.perf_counter() - since) / (step - first)
         used = self.setup_s + self.elapsed()
@@ -873,13 +873,13 @@ class _Epochs:
         planned_left = cfg.epochs - done
         last_planned = self.epoch_steps(loader, cfg.epochs - 1)
         full = self.epoch_steps(loader)
-        most = max_epochs(len(self.splits.train)) - done if self.plan_record else planned_left
+        most = max_epochs(len(self.splits.train)) - done if self.plan else planned_left
         fit = fit_remaining(left, step_s, other_s, planned_left, full, last_planned, most)
         if fit is None or fit[0] == 0:
             return fit is None  # it still fits; or not even a share of an epoch does: stop
         epochs_left, last = fit
         longer = (epochs_left - 1) * full + last > (planned_left - 1) * full + last_planned
-        if longer and self.plan_record is None:
+        if longer and self.plan is None:
             return True  # the user's epochs are a plan of their own: only ever shortened
         cfg.epochs = run.epochs = done + epochs_left
         cfg.last_epoch_steps = last if last < full else None
@@ -890,7 +890,7 @@ class _Epochs:
             f"of {last} batches, and the schedule ends with them"
         )
         self.log(note)
-        plan = self.plan_record
+        plan = self.plan
         if plan is not None:
             plan.epochs = cfg.epochs
             plan.reasons.append(f"after epoch {done}: {note}")
