@@ -98,7 +98,7 @@ def infer_fn(model, x, tlearn_path: bool, precision: str):
 
         return step
     # what `tlearn evaluate` and feature extraction run: batch norms folded, a bf16 copy
-    runner, dtype, autocast = inference_module(model, torch.device("cpu"), precision, x[:2])
+    runner, dtype, autocast = inference_module(model, torch.device("cpu"), precision, x.shape[-1])
     x = x.to(dtype).contiguous(memory_format=torch.channels_last)
 
     def step():

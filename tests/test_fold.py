@@ -59,7 +59,7 @@ def test_a_pair_the_network_does_not_chain_is_left_unfolded():
 def test_inference_module_folds_when_given_an_example():
     model = trained_statistics(create_backbone("resnet18", "none", 64).module)
     x = torch.rand(2, 3, 64, 64)
-    runner, dtype, autocast = inference_module(model, torch.device("cpu"), "fp32", x)
+    runner, dtype, autocast = inference_module(model, torch.device("cpu"), "fp32", 64)
     assert sum(isinstance(m, nn.BatchNorm2d) and "forward" in vars(m) for m in runner.modules())
     with torch.inference_mode(), autocast():
         torch.testing.assert_close(runner(x.to(dtype)), model(x), rtol=1e-4, atol=1e-4)

@@ -92,8 +92,7 @@ class Model:
 
             classifier, pre = model_tta(classifier, pre, self.spec.config)
         loader = image_loader(source, pre, cfg, train=False)
-        example = torch.rand(2, 3, pre.input_size, pre.input_size)
-        runner, dtype, autocast = inference_module(classifier, dev, chosen, example)
+        runner, dtype, autocast = inference_module(classifier, dev, chosen, pre.input_size)
         pred = loop.predict_all(runner, loader, dev, autocast, "evaluate", dtype=dtype)
         self.classifier.cpu()
         if len(pred.labels) == 0:

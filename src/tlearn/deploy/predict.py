@@ -26,9 +26,9 @@ def predict_paths(
         from tlearn.deploy.tta import model_tta
 
         classifier, pre = model_tta(classifier, pre, model.spec.config)
-    from tlearn.models.fold import fold_checked
+    from tlearn.models.fold import example_images, fold_checked
 
-    classifier = fold_checked(classifier, torch.rand(2, 3, pre.input_size, pre.input_size))
+    classifier = fold_checked(classifier, example_images(pre.input_size))
     transform = build_transform(pre, train=False)
     k = min(topk, len(model.classes))
     results: list[Prediction] = []

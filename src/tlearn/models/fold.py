@@ -71,6 +71,13 @@ def fold_batchnorms(module: nn.Module) -> int:
     return len(pairs)
 
 
+def example_images(size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Two random images to check a fold on, drawn from a generator of their own: checking must
+    not move a run's random stream."""
+    generator = torch.Generator().manual_seed(0)
+    return torch.rand(2, 3, size, size, generator=generator).to(device)
+
+
 def fold_checked(module: nn.Module, example: torch.Tensor, tolerance: float = 1e-3) -> nn.Module:
     """A folded copy of eval-mode `module`, or `module` itself when folding changes its output.
 

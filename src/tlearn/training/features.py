@@ -249,8 +249,7 @@ def compute_features(
     loader = image_loader(source, pre, cfg, train=False, batch_size=batch)
     if flatten:
         backbone = torch.nn.Sequential(backbone, torch.nn.Flatten(1))
-    example = torch.rand(2, 3, pre.input_size, pre.input_size)
-    extractor, dtype, autocast = inference_module(backbone, device, precision, example)
+    extractor, dtype, autocast = inference_module(backbone, device, precision, pre.input_size)
     if cfg.compile:
         compile_module(extractor)
     rows = _Rows(len(source), flip, keep)

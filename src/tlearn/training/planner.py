@@ -510,7 +510,7 @@ def _time_stored_prefix(
     if prefix is None:
         return None
     extractor, dtype, autocast = inference_module(
-        PrefixExtractor(backbone, prefix), x.device, precision, x[:2]
+        PrefixExtractor(backbone, prefix), x.device, precision, x.shape[-1]
     )  # as the run computes them: on a CPU in bf16, a bf16 copy
     timings = []
     with torch.inference_mode():

@@ -231,31 +231,35 @@ def inference_module(
     module: torch.nn.Module,
     device: torch.device,
     precision: str,
-    example: torch.Tensor | None = None,
+    input_size: int | None = None,
 ) -> tuple[torch.nn.Module, torch.dtype, Callable[[], AbstractContextManager]]:
     """`module` in its fastest inference form for `precision`: (module, input dtype, autocast).
 
-    Batch norms are folded into the convolutions before them when `example` (one small fp32
-    input) shows the folded copy computes the same (`tlearn.models.fold`). On a CPU, bf16
-    autocast re-casts every weight at every call, which for small images costs more than the
-    convolutions; a bf16 copy casts them once (3x on Lite0 at 64 px here). The copies serve
-    inference only: model files keep the exact fp32 weights. GPUs use autocast.
+    With the `input_size` of the images `module` takes, batch norms are folded into the
+    convolutions before them where two such images show the folded copy computes the same
+    (`tlearn.models.fold`). On a CPU, bf16 autocast re-casts every weight at every call, which
+    for small images costs more than the convolutions; a bf16 copy casts them once (3x on Lite0
+    at 64 px here). The copies serve inference only: model files keep the exact fp32 weights.
+    GPUs use autocast.
     """
     import copy
 
-    from tlearn.models.fold import fold_checked
+    from tlearn.models.fold import example_images, fold_checked
 
     module = module.to(device).eval()
-    if example is not None:
-        module = fold_checked(module, example.to(device))
+    folded = module
+    if input_size is not None:
+        folded = fold_checked(module, example_images(input_size, device))
     if precision == "bf16" and device.type == "cpu":
-        twin = copy.deepcopy(module).to(device=device, dtype=torch.bfloat16)
+        # a folded module is already a copy of its own: cast it rather than copy it again
+        twin = copy.deepcopy(module) if folded is module else folded
+        twin = twin.to(device=device, dtype=torch.bfloat16)
         return (
             twin.eval().to(memory_format=torch.channels_last),
             torch.bfloat16,
             contextlib.nullcontext,
         )
-    return module, torch.float32, autocast_factory(device, precision)
+    return folded, torch.float32, autocast_factory(device, precision)
 
 
 def compile_module(module: torch.nn.Module) -> torch.nn.Module:
