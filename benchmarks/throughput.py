@@ -3,7 +3,8 @@
 For each backbone and image size: training (every parameter trains) and inference images/s of
   - plain: the textbook loop — fp32, NCHW, eager, `torch.no_grad` for inference;
   - tlearn: what `tlearn train` runs — channels-last, the precision its probe picks (bf16 on CPUs
-    with native bf16); for inference, what `evaluate` runs (`inference_module`: batch norms
+    with native bf16) and, in bf16, each convolution's kernels measured fastest for its shape
+    (`tlearn.training.conv_tuning`); for inference, what `evaluate` runs (`inference_module`: batch norms
     folded into the convolutions, a bf16 copy of the weights, `inference_mode`);
 on the same model, batch and data in the same process, alternating, so machine noise hits both.
 Also the machine's peak (a large bf16 and fp32 matmul) and each model's FLOPs, to report what
@@ -28,10 +29,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from tlearn.models import build_head, create_backbone
 from tlearn.models.classifier import Classifier
 from tlearn.models.normalize import NormalizedBackbone
+from tlearn.training import conv_tuning
 from tlearn.training.runtime import (
     inference_module,
     pick_precision,
     probe_training_precision,
+    tlearn_cache_dir,
 )
 
 RESULTS = Path(__file__).parent / "results"
@@ -70,11 +73,13 @@ def time_steps(step, reps: int) -> float:
     return statistics.median(times)
 
 
-def train_step_fn(model, x, y, channels_last: bool, autocast_dtype):
+def train_step_fn(model, x, y, tlearn_path: bool, autocast_dtype):
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    if channels_last:
+    if tlearn_path:  # what `tlearn train` runs: channels-last, measured kernels under bf16
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
+        if autocast_dtype == torch.bfloat16:
+            conv_tuning.install(model, tlearn_cache_dir() / "conv-tuning.json")
     model.train()
 
     def step():
@@ -108,7 +113,7 @@ def infer_fn(model, x, tlearn_path: bool, precision: str):
     return step
 
 
-def bench(name: str, size: int, batch: int, reps: int) -> dict:
+def bench(name: str, size: int, batch: int, reps: int, rounds: int) -> dict:
     torch.manual_seed(0)
     x = torch.rand(batch, 3, size, size)
     y = torch.randint(0, 10, (batch,))
@@ -121,21 +126,26 @@ def bench(name: str, size: int, batch: int, reps: int) -> dict:
     tlearn_train = train_step_fn(build(name, size), x, y, True, autocast_dtype)
     plain_infer = infer_fn(build(name, size), x, False, "fp32")
     tlearn_infer = infer_fn(build(name, size), x, True, precision)
+    tlearn_train()  # the first training call measures its kernels (`conv_tuning`)
     t = {"plain_train": [], "tlearn_train": [], "plain_infer": [], "tlearn_infer": []}
-    for _ in range(2):  # alternate, so a noisy moment hits both paths
+    for _ in range(rounds):  # alternate, so a noisy moment hits both paths
         t["plain_train"].append(time_steps(plain_train, reps))
         t["tlearn_train"].append(time_steps(tlearn_train, reps))
         t["plain_infer"].append(time_steps(plain_infer, reps))
         t["tlearn_infer"].append(time_steps(tlearn_infer, reps))
     for k, v in t.items():
-        rows[k + "_img_s"] = round(batch / min(v), 1)
+        rows[k + "_img_s"] = round(batch / statistics.median(v), 1)
+    # the machine's speed drifts by 10-25% over minutes: the ratio of each round, side by side,
+    # is steadier than a ratio of overall figures
+    for kind in ("train", "infer"):
+        ratios = [p / q for p, q in zip(t[f"plain_{kind}"], t[f"tlearn_{kind}"], strict=True)]
+        rows[f"{kind}_speedup"] = round(statistics.median(ratios), 2)
+        rows[f"{kind}_speedup_range"] = [round(min(ratios), 2), round(max(ratios), 2)]
     m = build(name, size)
     rows["infer_flops_per_img"] = model_flops(m.eval(), x[:8], False) / 8
     # forward + backward = 3x forward, the usual estimate (torch's counter mis-sizes the
     # backward of grouped convolutions, which depthwise-heavy nets are made of)
     rows["train_flops_per_img"] = 3 * rows["infer_flops_per_img"]
-    rows["train_speedup"] = round(rows["tlearn_train_img_s"] / rows["plain_train_img_s"], 2)
-    rows["infer_speedup"] = round(rows["tlearn_infer_img_s"] / rows["plain_infer_img_s"], 2)
     rows["train_precision"] = train_precision
     rows["infer_precision"] = precision
     return {"backbone": name, "size": size, "batch": batch, **rows}
@@ -147,13 +157,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     sizes = [64] if args.quick else [64, 224]
-    reps = 2 if args.quick else 4
+    reps = 2 if args.quick else 3
+    rounds = 2 if args.quick else 6
     peak32, peak16 = peak_flops(torch.float32), peak_flops(torch.bfloat16)
     results = []
     for name in ("tf_efficientnet_lite0", "resnet18"):
         for size in sizes:
             batch = 64 if size == 64 else 32
-            row = bench(name, size, batch, reps)
+            row = bench(name, size, batch, reps, rounds)
             best_peak = peak16 if row["infer_precision"] == "bf16" else peak32
             row["tlearn_infer_peak_fraction"] = round(
                 row["tlearn_infer_img_s"] * row["infer_flops_per_img"] / best_peak, 4
@@ -183,16 +194,22 @@ def main() -> None:
         f"Peak: fp32 {meta['peak_fp32_gflops']} GFLOP/s, bf16 {meta['peak_bf16_gflops']} GFLOP/s "
         f"({meta['threads']} threads, torch {meta['torch']})",
         "",
+        "x: the median over rounds of plain time / tlearn time, measured side by side (the "
+        "rounds' lowest and highest in brackets).",
+        "",
         "| backbone | px | batch | train img/s plain | train img/s tlearn | x | infer img/s plain "
         "| infer img/s tlearn | x | tlearn infer % of peak |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
+        spread = {k: "{}-{}".format(*r[f"{k}_speedup_range"]) for k in ("train", "infer")}
         lines.append(
             f"| {r['backbone']} | {r['size']} | {r['batch']} | {r['plain_train_img_s']} | "
-            f"{r['tlearn_train_img_s']} ({r['train_precision']}) | {r['train_speedup']} | "
+            f"{r['tlearn_train_img_s']} ({r['train_precision']}) | "
+            f"{r['train_speedup']} ({spread['train']}) | "
             f"{r['plain_infer_img_s']} | {r['tlearn_infer_img_s']} ({r['infer_precision']}) | "
-            f"{r['infer_speedup']} | {100 * r['tlearn_infer_peak_fraction']:.1f}% |"
+            f"{r['infer_speedup']} ({spread['infer']}) | "
+            f"{100 * r['tlearn_infer_peak_fraction']:.1f}% |"
         )
     (RESULTS / "throughput.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

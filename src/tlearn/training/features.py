@@ -42,6 +42,7 @@ from tlearn.training.runtime import (
     default_workers,
     inference_batch_size,
     inference_module,
+    tlearn_cache_dir,
 )
 
 
@@ -319,8 +320,7 @@ CACHE_FORMAT = 2  # 2: source positions stored, so splits are slices
 def cache_root(cfg: TrainConfig) -> Path:
     if cfg.cache_dir:
         return Path(cfg.cache_dir)
-    env = os.environ.get("TLEARN_CACHE_DIR")
-    return Path(env) / "features" if env else Path.home() / ".cache" / "tlearn" / "features"
+    return tlearn_cache_dir() / "features"
 
 
 def weights_digest(backbone: torch.nn.Module) -> str:

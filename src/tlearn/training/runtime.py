@@ -7,6 +7,7 @@ import math
 import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from pathlib import Path
 
 import torch
 
@@ -167,7 +168,7 @@ def probe_training_precision(
         return precision
     # The first measurement on a machine is remembered, so two runs with the same seed compute
     # the same way even when the machine is busier during one of them.
-    memory = _tlearn_cache_dir() / "precision-probe.json"
+    memory = tlearn_cache_dir() / "precision-probe.json"
     key = f"{remember_as}|{platform.processor() or platform.machine()}|{torch.__version__}"
     try:
         known = json.loads(memory.read_text())
@@ -204,9 +205,8 @@ def probe_training_precision(
     return chosen
 
 
-def _tlearn_cache_dir():
-    from pathlib import Path
-
+def tlearn_cache_dir() -> Path:
+    """Where tlearn keeps what it measured or computed (`TLEARN_CACHE_DIR` overrides)."""
     env = os.environ.get("TLEARN_CACHE_DIR")
     return Path(env) if env else Path.home() / ".cache" / "tlearn"
 

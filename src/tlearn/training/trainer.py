@@ -31,7 +31,7 @@ from tlearn.models.normalize import NormalizedBackbone
 from tlearn.models.prefix import Prefix
 from tlearn.models.stages import stage_taps
 from tlearn.preprocessing import Preprocessing, model_input
-from tlearn.training import loop, progressive
+from tlearn.training import conv_tuning, loop, progressive
 from tlearn.training.balance import class_weights, per_class_recall, sample_weights
 from tlearn.training.ema import WeightAverage
 from tlearn.training.features import (
@@ -55,6 +55,7 @@ from tlearn.training.runtime import (
     pick_precision,
     probe_training_precision,
     seed_everything,
+    tlearn_cache_dir,
     tune_allocator,
 )
 from tlearn.training.schedule import build_scheduler, lr_factor
@@ -337,6 +338,8 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
     if cfg.compile and not use_features:
         log("compiling the network (torch.compile): the first steps wait for it")
         compile_module(model)
+    elif not use_features and device.type == "cpu" and precision == "bf16":
+        conv_tuning.install(model, tlearn_cache_dir() / "conv-tuning.json")
     trainer = _Epochs(cfg, model, spec, splits, run_dir, device, autocast, log, stop, state)
     trainer.setup_s = time.perf_counter() - started
     if plan is not None and plan.strategy != "linear-probe" and len(phases) == 1:
@@ -349,7 +352,19 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
         trainer.run_on_images(phases, stages, data_pre)
     trainer.keep_average()
     trainer.finish()
+    log_conv_tuning(conv_tuning.remove(model), log)
     return RunResult(model.cpu(), spec, run_dir)
+
+
+def log_conv_tuning(used: dict[str, int], log: Log) -> None:
+    """Say which convolutions trained with kernels other than oneDNN's channels-last default."""
+    other = {k: n for k, n in used.items() if k != "+".join(conv_tuning.DEFAULT)}
+    if other:
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(other.items()))
+        log(
+            f"convolutions: {sum(other.values())} of {sum(used.values())} trained with kernels "
+            f"measured faster here ({kinds})"
+        )
 
 
 # -- resume and hostile data, before any training -------------------------------------------------
