@@ -4,8 +4,8 @@ For each backbone and image size: training (every parameter trains) and inferenc
   - plain: the textbook loop — fp32, NCHW, eager, `torch.no_grad` for inference;
   - tlearn: what `tlearn train` runs — channels-last, the precision its probe picks (bf16 on CPUs
     with native bf16) and, in bf16, each convolution's kernels measured fastest for its shape
-    (`tlearn.training.conv_tuning`); for inference, what `evaluate` runs (`inference_module`: batch norms
-    folded into the convolutions, a bf16 copy of the weights, `inference_mode`);
+    (`tlearn.training.conv_tuning`); for inference, what `evaluate` runs (`inference_module`:
+    batch norms folded into the convolutions, a bf16 copy of the weights, `inference_mode`);
 on the same model, batch and data in the same process, alternating, so machine noise hits both.
 Also the machine's peak (a large bf16 and fp32 matmul) and each model's FLOPs, to report what
 fraction of the hardware each path uses.
@@ -35,6 +35,7 @@ from tlearn.training.runtime import (
     pick_precision,
     probe_training_precision,
     tlearn_cache_dir,
+    tune_allocator,
 )
 
 RESULTS = Path(__file__).parent / "results"
@@ -156,6 +157,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="64 px only, fewer repetitions")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
+    # every tlearn command keeps freed memory for reuse (see its docstring); being process-wide,
+    # it speeds the plain loop too, so the ratios below understate tlearn's gain, if anything
+    tune_allocator()
     sizes = [64] if args.quick else [64, 224]
     reps = 2 if args.quick else 3
     rounds = 2 if args.quick else 6

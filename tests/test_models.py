@@ -198,3 +198,20 @@ def test_list_backbones_offline_keeps_what_is_here(monkeypatch):
 def test_list_backbones_pattern_searches_both_libraries():
     names = [r["name"] for r in list_backbones(pattern="resnet18")]
     assert "resnet18" in names and "timm/resnet18" in names
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_normalisation_of_channels_last_images_is_the_same_numbers(dtype):
+    """The fast path for channels-last input computes exactly what the plain broadcast does."""
+    from tlearn.models.normalize import NormalizedBackbone
+
+    b = create_backbone("resnet18", "none", 16)
+    wrapped = NormalizedBackbone(b.module, b.preprocessing)
+    images = torch.rand(3, 3, 16, 16).to(dtype)
+    plain = wrapped.prepare(images)
+    fast = wrapped.prepare(images.contiguous(memory_format=torch.channels_last))
+    assert fast.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(plain, fast)
+    mean = torch.tensor(b.preprocessing.mean).view(1, 3, 1, 1)
+    std = torch.tensor(b.preprocessing.std).view(1, 3, 1, 1)
+    assert torch.allclose(fast.float(), (images.float() - mean) / std, atol=0.05)
