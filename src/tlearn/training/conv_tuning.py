@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tlearn.files import atomic_write_text
+
 DEFAULT = ("channels_last", "onednn")
 CANDIDATES = (
     DEFAULT,
@@ -255,6 +257,7 @@ def _remember(memory: Path | None, signature: str, choice: tuple[str, str]) -> N
         return
     try:
         memory.parent.mkdir(parents=True, exist_ok=True)
-        memory.write_text(json.dumps({**_read(memory), signature: list(choice)}, indent=1))
+        # atomic: processes training side by side (one per core group) may write it at once
+        atomic_write_text(memory, json.dumps({**_read(memory), signature: list(choice)}, indent=1))
     except OSError:
         pass  # remembering is an optimisation
