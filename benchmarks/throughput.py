@@ -5,8 +5,11 @@ For each backbone and image size: training (every parameter trains) and inferenc
   - tlearn: what `tlearn train` runs — channels-last, the precision its probe picks (bf16 on CPUs
     with native bf16) and, in bf16, each convolution's kernels measured fastest for its shape
     (`tlearn.training.conv_tuning`); for inference, what `evaluate` runs (`inference_module`:
-    batch norms folded into the convolutions, a bf16 copy of the weights, `inference_mode`);
-on the same model, batch and data in the same process, alternating, so machine noise hits both.
+    batch norms folded into the convolutions, a bf16 copy of the weights, `inference_mode`), and
+    glibc's allocator keeping freed memory (`tune_allocator`), as every tlearn command does;
+on the same model, batch and data, in one run: each path in a worker process of its own (tlearn's
+allocator settings are process-wide), timed round by round in alternation, so machine noise
+hits both.
 Also the machine's peak (a large bf16 and fp32 matmul) and each model's FLOPs, to report what
 fraction of the hardware each path uses.
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import platform
 import statistics
 import sys
@@ -117,36 +121,68 @@ def infer_fn(model, x, tlearn_path: bool, precision: str):
     return step
 
 
-def bench(name: str, size: int, batch: int, reps: int, rounds: int) -> dict:
+def path_worker(conn, path: str, name: str, size: int, batch: int, precisions: dict) -> None:
+    """One path in its own process: builds its model once, then times rounds when asked."""
+    if path == "tlearn":
+        tune_allocator()  # what every tlearn command does (see its docstring); a plain loop doesn't
     torch.manual_seed(0)
     x = torch.rand(batch, 3, size, size)
     y = torch.randint(0, 10, (batch,))
+    tlearn = path == "tlearn"
+    autocast_dtype = torch.bfloat16 if tlearn and precisions["train"] == "bf16" else None
+    steps = {
+        "train": train_step_fn(build(name, size), x, y, tlearn, autocast_dtype),
+        "infer": infer_fn(build(name, size), x, tlearn, precisions["infer"] if tlearn else "fp32"),
+    }
+    for step in steps.values():
+        step()  # the first training call measures its kernels (`conv_tuning`)
+    conn.send("ready")
+    while (request := conn.recv()) is not None:
+        kind, reps = request
+        conn.send(time_steps(steps[kind], reps))
+
+
+def bench(name: str, size: int, batch: int, reps: int, rounds: int) -> dict:
+    """Both paths, each in a worker process of its own, timed in alternation.
+
+    Separate processes, because part of what tlearn does is process-wide (the allocator's
+    settings) and would speed a plain loop sharing its process. They never run at once: each
+    round times plain then tlearn, so the machine's drift hits both.
+    """
     device = torch.device("cpu")
     precision = pick_precision(device, "auto")
     train_precision = probe_training_precision(build(name, size), size, device, precision)
-    autocast_dtype = torch.bfloat16 if train_precision == "bf16" else None
-    rows = {}
-    plain_train = train_step_fn(build(name, size), x, y, False, None)
-    tlearn_train = train_step_fn(build(name, size), x, y, True, autocast_dtype)
-    plain_infer = infer_fn(build(name, size), x, False, "fp32")
-    tlearn_infer = infer_fn(build(name, size), x, True, precision)
-    tlearn_train()  # the first training call measures its kernels (`conv_tuning`)
-    t = {"plain_train": [], "tlearn_train": [], "plain_infer": [], "tlearn_infer": []}
-    for _ in range(rounds):  # alternate, so a noisy moment hits both paths
-        t["plain_train"].append(time_steps(plain_train, reps))
-        t["tlearn_train"].append(time_steps(tlearn_train, reps))
-        t["plain_infer"].append(time_steps(plain_infer, reps))
-        t["tlearn_infer"].append(time_steps(tlearn_infer, reps))
-    for k, v in t.items():
-        rows[k + "_img_s"] = round(batch / statistics.median(v), 1)
+    precisions = {"train": train_precision, "infer": precision}
+    context = multiprocessing.get_context("spawn")
+    workers = {}
+    for path in ("plain", "tlearn"):
+        mine, theirs = context.Pipe()
+        process = context.Process(
+            target=path_worker, args=(theirs, path, name, size, batch, precisions)
+        )
+        process.start()
+        workers[path] = (process, mine)
+    for _, conn in workers.values():
+        assert conn.recv() == "ready"
+    t = {f"{path}_{kind}": [] for path in workers for kind in ("train", "infer")}
+    for _ in range(rounds):
+        for kind in ("train", "infer"):
+            for path, (_, conn) in workers.items():
+                conn.send((kind, reps))
+                t[f"{path}_{kind}"].append(conn.recv())
+    for process, conn in workers.values():
+        conn.send(None)
+        process.join()
+    rows = {k + "_img_s": round(batch / statistics.median(v), 1) for k, v in t.items()}
     # the machine's speed drifts by 10-25% over minutes: the ratio of each round, side by side,
     # is steadier than a ratio of overall figures
     for kind in ("train", "infer"):
         ratios = [p / q for p, q in zip(t[f"plain_{kind}"], t[f"tlearn_{kind}"], strict=True)]
         rows[f"{kind}_speedup"] = round(statistics.median(ratios), 2)
         rows[f"{kind}_speedup_range"] = [round(min(ratios), 2), round(max(ratios), 2)]
-    m = build(name, size)
-    rows["infer_flops_per_img"] = model_flops(m.eval(), x[:8], False) / 8
+    torch.manual_seed(0)
+    x = torch.rand(8, 3, size, size)
+    rows["infer_flops_per_img"] = model_flops(build(name, size).eval(), x) / 8
     # forward + backward = 3x forward, the usual estimate (torch's counter mis-sizes the
     # backward of grouped convolutions, which depthwise-heavy nets are made of)
     rows["train_flops_per_img"] = 3 * rows["infer_flops_per_img"]
@@ -160,9 +196,6 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="64 px only, fewer repetitions")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
-    # every tlearn command keeps freed memory for reuse (see its docstring); being process-wide,
-    # it speeds the plain loop too, so the ratios below understate tlearn's gain, if anything
-    tune_allocator()
     sizes = [64] if args.quick else [64, 224]
     reps = 2 if args.quick else 3
     rounds = 2 if args.quick else 6
