@@ -98,6 +98,8 @@ class TunedConv2d(nn.Conv2d):
         choices = self.__dict__.setdefault("choices", {})
         if signature not in choices:
             choices[signature] = _choose(self, x, dtype, signature)
+        if choices[signature] == DEFAULT:  # what autocast runs anyway, without the detour
+            return super().forward(x)
         layout, weight_grad = choices[signature]
         return _TunedConv.apply(
             x, self.weight, self.bias, self.stride[0], self.padding[0], dtype, layout, weight_grad
@@ -149,28 +151,34 @@ def _choose(
 
 
 def measure(
-    conv: nn.Conv2d, x: torch.Tensor, dtype: torch.dtype, repeats: int = 3
+    conv: nn.Conv2d, x: torch.Tensor, dtype: torch.dtype, repeats: int = 3, rounds: int = 2
 ) -> tuple[str, str]:
     """Time one forward + backward of each candidate on stand-in tensors of `x`'s shape.
 
-    The stand-ins come from a generator of their own, so measuring never moves the run's random
-    stream, and the layer's own weights and gradients are left alone.
+    Candidates take turns, `rounds` times, and each keeps its best time: the machine's speed
+    drifts, and a choice is remembered for good. The stand-ins come from a generator of their
+    own, so measuring never moves the run's random stream, and the layer's own weights and
+    gradients are left alone.
     """
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(x.shape, generator=generator).contiguous(memory_format=torch.channels_last)
     images.requires_grad_(x.requires_grad)
     weight = conv.weight.detach().clone().requires_grad_()
     bias = None if conv.bias is None else conv.bias.detach().clone().requires_grad_()
-    times = {}
-    for candidate in CANDIDATES:
+    times = dict.fromkeys(CANDIDATES, float("inf"))
+    for candidate in CANDIDATES * rounds:
 
         def step(candidate: tuple[str, str] = candidate) -> None:
-            out = _TunedConv.apply(
-                images, weight, bias, conv.stride[0], conv.padding[0], dtype, *candidate
-            )
+            if candidate == DEFAULT:  # as `TunedConv2d` runs it: autocast's own convolution
+                with torch.autocast("cpu", dtype=dtype):
+                    out = F.conv2d(images, weight, bias, conv.stride, conv.padding)
+            else:
+                out = _TunedConv.apply(
+                    images, weight, bias, conv.stride[0], conv.padding[0], dtype, *candidate
+                )
             out.backward(torch.ones_like(out))
 
-        times[candidate] = _fastest(step, repeats)
+        times[candidate] = min(times[candidate], _fastest(step, repeats))
     best = min(times, key=times.__getitem__)
     return best if times[best] < CLEARLY_FASTER * times[DEFAULT] else DEFAULT
 
