@@ -97,3 +97,17 @@ def test_a_copy_that_would_compute_otherwise_is_left_unpacked(monkeypatch):
     assert not any(isinstance(m, PackedConv2d) for m in packed.modules())
     with torch.inference_mode():
         assert torch.equal(packed(example), plain(example))
+
+
+@needs_onednn
+def test_a_copy_of_a_network_training_with_tuned_convolutions_is_prepacked_too():
+    """Validation during a bf16 run evaluates a copy of the model whose convolutions are tuned."""
+    from tlearn.training import conv_tuning
+
+    model = _resnet(torch.float32)
+    assert conv_tuning.install(model) == 20
+    runner, dtype, _ = inference_module(model, torch.device("cpu"), "bf16", 32)
+    assert sum(isinstance(m, PackedConv2d) for m in runner.modules()) == 20
+    assert all(
+        type(m) is conv_tuning.TunedConv2d for m in model.modules() if isinstance(m, nn.Conv2d)
+    )

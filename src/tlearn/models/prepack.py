@@ -81,7 +81,8 @@ def unpack(module: nn.Module) -> None:
 
 def _eligible(conv: nn.Module) -> bool:
     return (
-        type(conv) is nn.Conv2d  # subclasses (timm's Conv2dSame) pad in their own forward
+        # subclasses (timm's Conv2dSame) pad in their own forward, unless they say they don't
+        (type(conv) is nn.Conv2d or getattr(conv, "plain_in_eval", False))
         and not conv.training
         and conv.padding_mode == "zeros"
         and isinstance(conv.padding, tuple)

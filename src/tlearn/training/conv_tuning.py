@@ -89,6 +89,7 @@ class TunedConv2d(nn.Conv2d):
 
     choices: dict[str, tuple[str, str]]
     tuning_memory: Path | None
+    plain_in_eval = True  # evaluation runs nn.Conv2d's forward: inference copies may prepack it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = _reduced_precision(x)
