@@ -87,7 +87,7 @@ def eligible(module: nn.Module) -> bool:
 class TunedConv2d(nn.Conv2d):
     """An `nn.Conv2d` that trains with the kernels measured fastest for its input's shape."""
 
-    choices: dict[str, tuple[str, str]]
+    choices: dict[tuple, tuple[str, str]]  # by (input shape, grad, dtype, threads)
     tuning_memory: Path | None
     plain_in_eval = True  # evaluation runs nn.Conv2d's forward: inference copies may prepack it
 
@@ -95,13 +95,14 @@ class TunedConv2d(nn.Conv2d):
         dtype = _reduced_precision(x)
         if dtype is None or not (self.training and self.weight.requires_grad):
             return super().forward(x)
-        signature = _signature(self, x, dtype)
+        # a cheap key at every call; the full signature (the memory's key) only for a new one
+        key = (tuple(x.shape[1:]), x.requires_grad, dtype, torch.get_num_threads())
         choices = self.__dict__.setdefault("choices", {})
-        if signature not in choices:
-            choices[signature] = _choose(self, x, dtype, signature)
-        if choices[signature] == DEFAULT:  # what autocast runs anyway, without the detour
+        if key not in choices:
+            choices[key] = _choose(self, x, dtype, _signature(self, x, dtype))
+        if choices[key] == DEFAULT:  # what autocast runs anyway, without the detour
             return super().forward(x)
-        layout, weight_grad = choices[signature]
+        layout, weight_grad = choices[key]
         return _TunedConv.apply(
             x, self.weight, self.bias, self.stride[0], self.padding[0], dtype, layout, weight_grad
         )
