@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tlearn.files import atomic_write_text
+from tlearn.training.runtime import read_measurements, remember_measurement
 
 DEFAULT = ("channels_last", "onednn")
 CANDIDATES = (
@@ -142,12 +142,14 @@ def _choose(
     with _lock:
         if signature in _known:
             return _known[signature]
-        remembered = _read(conv.tuning_memory).get(signature)
+        memory = conv.tuning_memory
+        remembered = read_measurements(memory).get(signature) if memory else None
         if remembered is not None and tuple(remembered) in CANDIDATES:
             choice = tuple(remembered)
         else:
             choice = measure(conv, x, dtype)
-            _remember(conv.tuning_memory, signature, choice)
+            if memory:
+                remember_measurement(memory, signature, list(choice))
         _known[signature] = choice
         return choice
 
@@ -250,24 +252,3 @@ def weight_grad_by_matmul(
     per_output = grad.permute(0, 2, 3, 1).reshape(rows, -1)
     product = per_output.t() @ patches
     return product.view(-1, kernel, kernel, c).permute(0, 3, 1, 2)
-
-
-def _read(memory: Path | None) -> dict:
-    if memory is None:
-        return {}
-    try:
-        known = json.loads(memory.read_text())
-    except (OSError, ValueError):
-        return {}
-    return known if isinstance(known, dict) else {}
-
-
-def _remember(memory: Path | None, signature: str, choice: tuple[str, str]) -> None:
-    if memory is None:
-        return
-    try:
-        memory.parent.mkdir(parents=True, exist_ok=True)
-        # atomic: processes training side by side (one per core group) may write it at once
-        atomic_write_text(memory, json.dumps({**_read(memory), signature: list(choice)}, indent=1))
-    except OSError:
-        pass  # remembering is an optimisation

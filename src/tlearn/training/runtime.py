@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -13,6 +14,7 @@ import torch
 
 from tlearn.config import check_batch_size
 from tlearn.errors import TlearnError
+from tlearn.files import atomic_write_text
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -160,7 +162,6 @@ def probe_training_precision(
     Only asked when `precision` is bf16 on a CPU; GPUs keep what `pick_precision` chose.
     """
     import copy
-    import json
     import platform
     import time
 
@@ -170,10 +171,7 @@ def probe_training_precision(
     # the same way even when the machine is busier during one of them.
     memory = tlearn_cache_dir() / "precision-probe.json"
     key = f"{remember_as}|{platform.processor() or platform.machine()}|{torch.__version__}"
-    try:
-        known = json.loads(memory.read_text())
-    except (OSError, ValueError):
-        known = {}
+    known = read_measurements(memory)
     if remember_as and known.get(key) in ("fp32", "bf16"):
         return known[key]
     # The probe runs only the first time: it must not move the run's random stream (dropout and
@@ -197,12 +195,26 @@ def probe_training_precision(
     torch.set_rng_state(rng)
     chosen = "bf16" if timings["bf16"] < 0.9 * timings["fp32"] else "fp32"
     if remember_as:
-        try:
-            memory.parent.mkdir(parents=True, exist_ok=True)
-            memory.write_text(json.dumps({**known, key: chosen}, indent=1))
-        except OSError:
-            pass  # remembering is an optimisation
+        remember_measurement(memory, key, chosen)
     return chosen
+
+
+def read_measurements(memory: Path) -> dict:
+    """What tlearn measured on this machine before and kept in `memory` ({} when nothing)."""
+    try:
+        known = json.loads(memory.read_text())
+    except (OSError, ValueError):
+        return {}
+    return known if isinstance(known, dict) else {}
+
+
+def remember_measurement(memory: Path, key: str, value: object) -> None:
+    """Add one measured choice to `memory`, atomically: processes training side by side may
+    write it at once. Remembering is an optimisation, so a failed write is let go."""
+    try:
+        atomic_write_text(memory, json.dumps({**read_measurements(memory), key: value}, indent=1))
+    except OSError:
+        pass
 
 
 def tlearn_cache_dir() -> Path:
