@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 RUN    ?= runs/fashion-mnist-demo
 FMNIST  = /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test lint install data clean
+.PHONY: demo test lint install data system clean
 
 $(BIN)/tlearn: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,12 +21,20 @@ data:
 	  { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
 	    else sudo apt-get install -y dataset-fashion-mnist; fi; }
 
+# Debian packages the tests need: Fashion-MNIST, and Chromium with its driver for browser tests.
+APT_PACKAGES = dataset-fashion-mnist chromium chromium-driver
+system:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	    else sudo apt-get install -y $$missing; fi; fi
+
 demo: install data
 	$(BIN)/tlearn train fashion-mnist --backbone tf_efficientnet_lite0 --strategy linear-probe \
 	  --head mlp --image-size 64 --out $(RUN)
 	$(BIN)/tlearn evaluate $(RUN) fashion-mnist
 
-test: install data
+test: install system
 	$(BIN)/python -m pytest -q
 
 lint: install
@@ -34,4 +42,4 @@ lint: install
 	$(BIN)/ruff format --check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache test-artifacts
