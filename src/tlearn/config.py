@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from tlearn.errors import TlearnError
+from tlearn.files import atomic_write_text
 
 STRATEGIES = ("auto", "linear-probe", "finetune", "gradual", "freeze:N")
 HEADS = ("linear", "mlp")
@@ -28,6 +29,10 @@ FUSIONS = ("concat", "sum", "gated")
 FEATURES = ("auto", "last", "stages")
 MONITORS = ("val_loss", "val_accuracy")
 BALANCES = ("none", "weighted-loss", "sampler")
+
+# Options a `--budget` plan may choose: None in a TrainConfig means the user did not give them,
+# so an explicit value survives the plan; whatever is still None after planning becomes this.
+PLANNABLE_DEFAULTS = {"head": "linear", "augment": "none", "schedule": "cosine"}
 
 MAX_BATCH_SIZE = 1 << 16
 DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS = 128, 5
@@ -83,7 +88,9 @@ class TrainConfig:
         "backbone stays frozen, last when it trains)",
         FEATURES,
     )
-    head: str = opt("linear", "classifier head on top of the pooled features", HEADS)
+    head: str | None = opt(
+        None, "classifier head on top of the pooled features", HEADS, shown_default="linear"
+    )
     hidden: str = opt("256,128", "hidden layer sizes of the mlp head, comma separated")
     dropout: float = opt(0.0, "dropout between the mlp head's layers")
     strategy: str = opt(
@@ -101,7 +108,12 @@ class TrainConfig:
     optimizer: str = opt("adamw", "optimizer", OPTIMIZERS)
     momentum: float = opt(0.9, "SGD momentum")
     weight_decay: float = opt(0.01, "weight decay (not applied to biases and norms)")
-    schedule: str = opt("cosine", "learning-rate schedule after warm-up", SCHEDULES)
+    schedule: str | None = opt(
+        None,
+        "learning-rate schedule after warm-up (a --budget plan chooses onecycle)",
+        SCHEDULES,
+        shown_default="cosine",
+    )
     warmup: float = opt(0.0, "warm-up length in epochs (fractions allowed)")
     label_smoothing: float = opt(0.1, "label smoothing of the cross-entropy loss")
     epochs: int | None = opt(
@@ -151,12 +163,14 @@ class TrainConfig:
         "progressive resizing: train the first epoch at this size, growing to --image-size by "
         "the last epoch (faster epochs; validation and the model use the full size)",
     )
-    augment: str = opt(
-        "none",
+    augment: str | None = opt(
+        None,
         "training augmentation: none, flip, shift (flips + translations up to 1/8 of the side), "
         "light (random resized crops + flips), medium "
-        "(+ TrivialAugmentWide, random erasing), strong (+ RandAugment, mixup, cutmix)",
+        "(+ TrivialAugmentWide, random erasing), strong (+ RandAugment, mixup, cutmix); "
+        "a --budget plan chooses one when none is given",
         AUGMENTS,
+        shown_default="none",
     )
     hflip: bool = opt(True, "random horizontal flips when augmenting (off: flips change labels)")
     mixup: float | None = opt(
@@ -197,6 +211,23 @@ class TrainConfig:
         89_478_485, "skip images with more pixels than this (a decompression-bomb guard)"
     )
 
+    # -- defaults a plan may fill ----------------------------------------------------------------
+
+    def explicit(self, name: str) -> bool:
+        """Whether the user gave option `name` (a plannable option left unset is None)."""
+        return getattr(self, name) is not None
+
+    def fill_defaults(self) -> TrainConfig:
+        """The plannable options nobody chose (neither the user nor a plan) get their defaults."""
+        for name, value in PLANNABLE_DEFAULTS.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        return self
+
+    def with_defaults(self) -> TrainConfig:
+        """A copy with the unset plannable options at their defaults; this one is unchanged."""
+        return TrainConfig.from_dict(self.to_dict()).fill_defaults()
+
     # -- derived views -------------------------------------------------------------------------
 
     @property
@@ -223,7 +254,7 @@ class TrainConfig:
     def features_cacheable(self) -> bool:
         """Whether a frozen backbone's features stay the same every epoch (flips are cached with
         their mirrors); any other augmentation, or mixing images, changes the pixels."""
-        return self.augment in ("none", "flip") and not (self.mixup or self.cutmix)
+        return self.augment in (None, "none", "flip") and not (self.mixup or self.cutmix)
 
     def trains_head_on_features(self, strategy: str) -> bool:
         """Whether a run with `strategy` trains only the head, on cached features."""
@@ -280,6 +311,8 @@ class TrainConfig:
             ("balance", BALANCES),
         ):
             value = getattr(self, name)
+            if value is None and name in PLANNABLE_DEFAULTS:
+                continue  # not given: a plan or the default decides
             if value not in choices:
                 raise TlearnError(
                     f"--{name.replace('_', '-')} {value!r} is not one of {', '.join(choices)}"
@@ -364,8 +397,6 @@ class TrainConfig:
         return cls(**normalised)
 
     def save_yaml(self, path: Path) -> None:
-        from tlearn.files import atomic_write_text
-
         atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
@@ -394,6 +425,9 @@ def option_fields() -> list[Any]:
 
 
 def default_of(f: Any) -> Any:
+    """An option's default as the help shows it (a plannable option's, though it starts None)."""
+    if "shown_default" in f.metadata:
+        return f.metadata["shown_default"]
     if f.default is not MISSING:
         return f.default
     return f.default_factory()  # type: ignore[misc]

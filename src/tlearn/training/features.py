@@ -67,7 +67,7 @@ def image_loader(
     """
     workers = default_workers() if cfg.workers is None else cfg.workers
     batch_size = batch_size or cfg.batch_size or DEFAULT_BATCH_SIZE
-    augment = cfg.augment if train else "none"
+    augment = (cfg.augment or "none") if train else "none"
     loader = fast_image_loader(
         source,
         pre,
@@ -97,7 +97,7 @@ def image_loader(
 
 
 def _mixed(loader, source, cfg: TrainConfig, train: bool, generator) -> Iterable:
-    recipe = preset(cfg.augment, hflip=cfg.hflip, mixup=cfg.mixup, cutmix=cfg.cutmix)
+    recipe = preset(cfg.augment or "none", hflip=cfg.hflip, mixup=cfg.mixup, cutmix=cfg.cutmix)
     if not (train and recipe.mixes):
         return loader
     mixer = BatchMixer(len(source.classes), recipe.mixup, recipe.cutmix, generator)

@@ -225,6 +225,7 @@ def lr_find(
     splits = load_run_splits(cfg)
     out = prepare_run_dir(cfg.out, cfg.data)
     strategy = resolve_strategy(cfg, len(splits.train), log)
+    cfg.fill_defaults()
     cfg.resolve_step_defaults(strategy)
     return find_for_run(
         cfg, splits, strategy, device, precision, out, log, start=start, end=end, steps=steps

@@ -124,6 +124,8 @@ class Plan:
     # each epoch a shuffled share of the data, so the planned epochs end at the budget rather
     # than a whole epoch short of it (None: whole epochs)
     steps_per_epoch: int | None = None
+    # the options the user gave, which the plan did not change (`apply_plan`)
+    kept: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -660,24 +662,36 @@ def could_store_prefix(cfg: TrainConfig) -> bool:
     return may_store(cfg) and cfg.features != "stages"  # taps hook skipped stages
 
 
-def apply_plan(cfg: TrainConfig, plan: Plan) -> None:
+# What a plan chooses, in TrainConfig's names; the user's explicit value of any of them wins.
+PLANNED_OPTIONS = ("epochs", "steps_per_epoch", "image_size", "lr", "augment", "schedule", "head")
+
+
+def apply_plan(cfg: TrainConfig, plan: Plan) -> list[str]:
     """The planner's choices become the run's options (and so its resolved config.yaml).
 
-    What the user set explicitly (a rate, an augmentation, an image size) is kept.
+    What the user set explicitly (epochs, a rate, an augmentation, a schedule, a head, an image
+    size) is kept: an unset option is None in `cfg`, so an explicit `--augment none` or
+    `--schedule cosine` is told apart from the default. Returns the options kept, which
+    plan.json lists; a head is only ever the plan's for a linear-probe plan.
     """
     cfg.strategy = plan.strategy
-    cfg.epochs = plan.epochs
-    if cfg.steps_per_epoch is None:
-        cfg.steps_per_epoch = plan.steps_per_epoch
-    if cfg.image_size is None:
-        cfg.image_size = plan.image_size
-    if cfg.lr is None:
-        cfg.lr = plan.lr
-    if cfg.augment == "none":
-        cfg.augment = plan.augment
-    if plan.strategy == "linear-probe":
-        cfg.head = plan.head
-    cfg.schedule = plan.schedule
+    chosen = {
+        "epochs": plan.epochs,
+        "steps_per_epoch": plan.steps_per_epoch,
+        "image_size": plan.image_size,
+        "lr": plan.lr,
+        "augment": plan.augment,
+        "schedule": plan.schedule,
+        "head": plan.head if plan.strategy == "linear-probe" else None,
+    }
+    kept = [name for name in PLANNED_OPTIONS if getattr(cfg, name) is not None]
+    for name, value in chosen.items():
+        if getattr(cfg, name) is None:
+            setattr(cfg, name, value)
+    plan.kept = kept
+    if kept:
+        plan.reasons.append(f"kept as given: {', '.join('--' + k.replace('_', '-') for k in kept)}")
+    return kept
 
 
 def save_plan(run_dir: Path, plan: Plan, cfg: TrainConfig) -> None:

@@ -195,7 +195,7 @@ def plan_strategy(
         return resolve_strategy(cfg, len(splits.train), log), None
     from tlearn.training.planner import apply_plan, plan_run, save_plan
 
-    plan = plan_run(cfg, splits, device, precision, started, log)
+    plan = plan_run(cfg.with_defaults(), splits, device, precision, started, log)
     apply_plan(cfg, plan)
     save_plan(run_dir, plan, cfg)
     seed_everything(cfg.seed)  # the probe drew random numbers: start as a planned rerun would
@@ -257,6 +257,7 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
     cfg.out = str(run_dir)
     state = starting_state(run_dir, resume, log)
     strategy, plan = plan_strategy(cfg, splits, device, precision, run_dir, started, log)
+    cfg.fill_defaults()  # what neither the user nor a plan chose
     if len(cfg.backbone) > 1 and cfg.weights not in ("auto", "none"):
         raise TlearnError(
             "--weights FILE fits one backbone: give one --backbone, or --weights auto"
@@ -342,7 +343,8 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
         conv_tuning.install(model, tlearn_cache_dir() / "conv-tuning.json")
     trainer = _Epochs(cfg, model, spec, splits, run_dir, device, autocast, log, stop, state)
     trainer.setup_s = time.perf_counter() - started
-    if plan is not None and plan.strategy != "linear-probe" and len(phases) == 1:
+    refits = plan is not None and "epochs" not in plan.kept  # the user's epochs: only shortened
+    if refits and plan.strategy != "linear-probe" and len(phases) == 1:
         trainer.plan = plan  # refitted to the first steps' real speed, then at each epoch
     if use_features:
         trainer.run_on_features(data_pre, precision)
