@@ -91,3 +91,22 @@ def no_network(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
     yield
     torch.hub.set_dir(old)
+
+
+@pytest.fixture
+def unbalanced(make_image_folder, tmp_path) -> Path:
+    """Three classes, 9/9/3 images: a minority class for --balance to care about."""
+    folder = make_image_folder(classes=("a", "b", "c"), n=9)
+    for extra in sorted((folder / "c").iterdir())[3:]:
+        extra.unlink()
+    return folder
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """Runs read their --budget from a clock that moves only when the test says (no sleeping)."""
+    from tlearn.training.budget import clock
+
+    fake = clock.FakeClock()
+    monkeypatch.setattr(clock, "CLOCK", fake)
+    return fake

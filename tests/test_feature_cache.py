@@ -111,10 +111,11 @@ def test_computed_rows_are_each_images_features_in_source_order(tmp_path, make_i
     import torch
 
     from tlearn.config import TrainConfig
+    from tlearn.data import image_loader
     from tlearn.data.sources import FolderSource
     from tlearn.models import create_backbone
-    from tlearn.training.features import compute_features, image_loader
-    from tlearn.training.trainer import build_classifier
+    from tlearn.training.build import build_classifier
+    from tlearn.training.features import compute_features
 
     data = make_image_folder(n=5)
     (data / "cat" / "broken.png").write_bytes(b"not an image")
@@ -127,7 +128,7 @@ def test_computed_rows_are_each_images_features_in_source_order(tmp_path, make_i
     result = compute_features(network, source, pre, cfg, cpu, "fp32", "features", flip=True)
     assert len(source) == 11 and len(result) == 10
     expected, mirrored, labels, positions = [], [], [], []
-    loader = image_loader(source, pre, cfg, train=False, batch_size=1)
+    loader = image_loader(source, pre, train=False, **cfg.loader_options(False, batch_size=1))
     with torch.inference_mode():
         for batch in loader:
             if batch is None:

@@ -184,7 +184,7 @@ def test_two_backbones_with_different_sizes_each_get_their_own(tmp_path, make_im
     small = create_backbone("resnet18", "none", 32)
     large = create_backbone("tf_efficientnet_lite0", "none", 48)
     from tlearn.preprocessing import model_input
-    from tlearn.training.trainer import build_classifier
+    from tlearn.training.build import build_classifier
 
     cfg = TrainConfig(data=str(data), fusion="concat")
     model = build_classifier([small, large], 2, cfg).eval()

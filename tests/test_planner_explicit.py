@@ -9,7 +9,7 @@ import yaml
 
 from tlearn.cli import main
 from tlearn.config import PLANNABLE_DEFAULTS, TrainConfig
-from tlearn.training.planner import PLANNED_OPTIONS, Plan, apply_plan
+from tlearn.training.budget import PLANNED_OPTIONS, Plan, apply_plan
 
 
 def finetune_plan() -> Plan:

@@ -10,9 +10,9 @@ import tlearn
 from tlearn.config import TrainConfig
 from tlearn.models import create_backbone
 from tlearn.models.prefix import frozen_prefix
+from tlearn.training.build import build_classifier
 from tlearn.training.prefix_cache import PrefixExtractor
 from tlearn.training.strategies import freeze_batchnorm_of_frozen
-from tlearn.training.trainer import build_classifier
 
 FAST = dict(weights="none", image_size=32, batch_size=4, workers=0, epochs=1)
 

@@ -146,7 +146,7 @@ def test_stage_and_last_features_have_separate_cache_entries(tmp_path, make_imag
 def test_stages_of_an_unknown_network_end_in_one_sentence(tmp_path, make_image_folder):
     from tlearn.config import TrainConfig
     from tlearn.models.backbones import Backbone
-    from tlearn.training.trainer import feature_taps
+    from tlearn.training.build import feature_taps
 
     backbone = create_backbone("resnet18", "none", 32)
     body = torch.nn.Sequential(torch.nn.Flatten())

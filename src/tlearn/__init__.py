@@ -8,6 +8,6 @@ model.save("fm.safetensors"); tlearn.load("fm.safetensors").predict(["a.png"])
 
 from tlearn.api import Model, Prediction, load, lr_find, train
 from tlearn.errors import TlearnError
+from tlearn.version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["Model", "Prediction", "TlearnError", "load", "lr_find", "train", "__version__"]

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from tlearn.checkpoint import ModelSpec, read_model_file, save_model
-from tlearn.config import TrainConfig
+from tlearn.config import TrainConfig, read_config_file
+from tlearn.data import BUILTIN_DATASETS, image_loader, load_eval_source, locate_builtin
+from tlearn.deploy.predict import Prediction, predict_paths
+from tlearn.deploy.tta import model_tta
 from tlearn.errors import TlearnError
 from tlearn.evaluation import Report, compute_report
-from tlearn.models import Classifier, build_fusion, build_head, create_backbone
-from tlearn.models.normalize import NormalizedBackbone
+from tlearn.models import Classifier, list_backbones
+from tlearn.models.assemble import build_from_spec
 from tlearn.preprocessing import Preprocessing, model_input
+from tlearn.training import loop
+from tlearn.training.budget import count_process_start
+from tlearn.training.interrupt import Interrupted
+from tlearn.training.lr_find import lr_find as run_lr_find
 from tlearn.training.runtime import (
     inference_batch_size,
     inference_module,
@@ -22,18 +26,23 @@ from tlearn.training.runtime import (
     pick_precision,
     tune_allocator,
 )
+from tlearn.training.state import resume_config
+from tlearn.training.trainer import fit
 
-
-@dataclass
-class Prediction:
-    """Top-k labels of one image, most likely first."""
-
-    path: str
-    labels: list[str]
-    probabilities: list[float]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "labels": self.labels, "probabilities": self.probabilities}
+# What the CLI needs from below the API, named here so that it talks to the API alone.
+__all__ = [
+    "Interrupted",
+    "Model",
+    "Prediction",
+    "build_from_spec",
+    "count_process_start",
+    "list_backbones",
+    "list_datasets",
+    "load",
+    "lr_find",
+    "train",
+    "tune_allocator",
+]
 
 
 class Model:
@@ -74,10 +83,6 @@ class Model:
 
         `tta`: average flipped and multi-crop views of each image (`tlearn.deploy.tta`).
         """
-        from tlearn.data import load_eval_source
-        from tlearn.training import loop
-        from tlearn.training.features import image_loader
-
         tune_allocator()
         source = load_eval_source(
             data, data_root=data_root, eval_limit=eval_limit, seed=seed, classes=self.classes
@@ -86,12 +91,9 @@ class Model:
         chosen = pick_precision(dev, precision)
         classifier, pre = self.classifier, self.input_preprocessing
         batch_size = inference_batch_size(dev, pre.input_size, batch_size)
-        cfg = TrainConfig(data=data, batch_size=batch_size, workers=workers)
         if tta:
-            from tlearn.deploy.tta import model_tta
-
             classifier, pre = model_tta(classifier, pre, self.spec.config)
-        loader = image_loader(source, pre, cfg, train=False)
+        loader = image_loader(source, pre, train=False, batch_size=batch_size, workers=workers)
         runner, dtype, autocast = inference_module(classifier, dev, chosen, pre.input_size)
         pred = loop.predict_all(runner, loader, dev, autocast, "evaluate", dtype=dtype)
         self.classifier.cpu()
@@ -121,8 +123,6 @@ class Model:
 
         `tta`: average flipped and multi-crop views of each image (`tlearn.deploy.tta`).
         """
-        from tlearn.deploy.predict import predict_paths
-
         paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
         return predict_paths(self, paths, topk=topk, batch_size=batch_size, tta=tta)
 
@@ -142,17 +142,12 @@ def train(
     `resume=RUN` continues an interrupted run from its last checkpoint with the run's own
     options; options given with it must repeat them (only `workers` and `device` may change).
     """
-    from tlearn.config import read_config_file
-    from tlearn.training.trainer import fit
-
     values = read_config_file(config) if config else {}
     values.update(options)
     if data is not None:
         values["data"] = data
     log = values.pop("log", print)
     if resume is not None:
-        from tlearn.training.state import resume_config
-
         result = fit(resume_config(resume, values), log=log, resume=True)
     else:
         result = fit(TrainConfig.from_dict(values), log=log)
@@ -172,9 +167,6 @@ def lr_find(
 
     Writes lr_find.csv and lr_find.png to `out` and returns the sweep with its `.suggestion`.
     """
-    from tlearn.config import read_config_file
-    from tlearn.training.lr_find import lr_find as run_lr_find
-
     values = read_config_file(config) if config else {}
     values.update(options)
     if data is not None:
@@ -207,31 +199,6 @@ def load(path: str | Path) -> Model:
     return Model(classifier, spec, run_dir)
 
 
-def build_from_spec(spec: ModelSpec) -> Classifier:
-    if spec.ensemble:  # members' classifiers under one averaging module (tlearn.ensemble)
-        from tlearn.ensemble import ensemble_classifier_from_spec
-
-        return ensemble_classifier_from_spec(spec)  # type: ignore[return-value]
-    backbones = []
-    for record in spec.backbones:
-        pre = Preprocessing.from_dict(record["preprocessing"])
-        name = record["name"]
-        qualified = name if "/" in name else f"{record['library']}/{name}"
-        backbone = create_backbone(qualified, "none", pre.input_size)
-        try:
-            backbones.append(NormalizedBackbone(backbone.module, pre, record.get("taps", ())))
-        except AttributeError as e:  # a tapped stage the network does not have
-            raise TlearnError(
-                f"the model file names stages {name} does not have ({e}): the file was altered "
-                "or written by an incompatible tlearn, use another copy"
-            ) from e
-    fusion = build_fusion(spec.fusion, [int(b["num_features"]) for b in spec.backbones])
-    head = build_head(
-        spec.head["kind"],
-        fusion.out_features,
-        len(spec.classes),
-        hidden=tuple(spec.head.get("hidden", (256, 128))),
-        dropout=float(spec.head.get("dropout", 0.5)),
-        input_norm=bool(spec.head.get("input_norm", False)),
-    )
-    return Classifier(backbones, head, fusion).to(memory_format=torch.channels_last).eval()
+def list_datasets(data_root: str | None = None) -> list[tuple[str, str | None]]:
+    """Each built-in dataset's name and where it was found on this machine (None: not found)."""
+    return [(name, locate_builtin(name, data_root)) for name in BUILTIN_DATASETS]

@@ -12,13 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
+import torchvision
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from tlearn.errors import TlearnError
 from tlearn.files import atomic_write
 from tlearn.preprocessing import Preprocessing
+from tlearn.version import __version__
 
 FORMAT = "tlearn.model"
 FORMAT_VERSION = 1
@@ -45,13 +48,8 @@ class ModelSpec:
 
 def library_versions() -> dict[str, str]:
     """The versions that shaped the tensors (torch's own string keeps its CUDA/CPU build tag)."""
-    import timm
-    import torchvision
-
-    import tlearn
-
     return {
-        "tlearn": tlearn.__version__,
+        "tlearn": __version__,
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "timm": timm.__version__,

@@ -11,15 +11,19 @@ import argparse
 import contextlib
 import csv
 import json
+import multiprocessing
 import os
 import sys
 import types
 import typing
+import warnings
 from collections.abc import Sequence
 
+from tlearn import api
+from tlearn.compare import compare, format_table
 from tlearn.config import TrainConfig, default_of, option_fields, read_config_file
+from tlearn.ensemble import ensemble
 from tlearn.errors import TlearnError
-from tlearn.training.interrupt import Interrupted
 
 
 def _flag(name: str) -> str:
@@ -179,32 +183,27 @@ def train_options(args: argparse.Namespace, *own: str) -> tuple[dict, dict]:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    import tlearn
-    from tlearn.training.planner import count_process_start
-
-    count_process_start()  # `--budget` is this command's whole wall time
+    api.count_process_start()  # `--budget` is this command's whole wall time
 
     values, own = train_options(args, "resume")
     resume = own["resume"]
     if resume:
         values = {k: v for k, v in values.items() if v is not None}
-        model = tlearn.train(resume=resume, **values)
+        model = api.train(resume=resume, **values)
         print(f"done: best model {model.run_dir / 'best.safetensors'}")
         return 0
     if not values.get("data"):
         raise TlearnError(
             "no dataset given: `tlearn train DATA` (a folder, a CSV, or fashion-mnist)"
         )
-    model = tlearn.train(**values)
+    model = api.train(**values)
     best = model.run_dir / "best.safetensors"
     print(f"done: best model {best}; evaluate with `tlearn evaluate {model.run_dir} DATA`")
     return 0
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    import tlearn
-
-    model = tlearn.load(args.model)
+    model = api.load(args.model)
     report = model.evaluate(
         args.data,
         data_root=args.data_root,
@@ -220,9 +219,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    import tlearn
-
-    model = tlearn.load(args.model)
+    model = api.load(args.model)
     predictions = model.predict(
         args.paths, topk=args.topk, batch_size=args.batch_size, tta=args.tta
     )
@@ -246,14 +243,12 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_lr_find(args: argparse.Namespace) -> int:
-    import tlearn.api
-
     values, sweep = train_options(args, "steps", "start_lr", "end_lr")
     if sweep["steps"] < 10 or not 0 < sweep["start_lr"] < sweep["end_lr"]:
         raise TlearnError("--steps must be at least 10 and 0 < --start-lr < --end-lr")
     if not values.get("data"):
         raise TlearnError("no dataset given: `tlearn lr-find DATA` (a folder, a CSV, or cifar10)")
-    result = tlearn.api.lr_find(
+    result = api.lr_find(
         start=sweep["start_lr"], end=sweep["end_lr"], steps=sweep["steps"], **values
     )
     print(f"suggested lr: {result.suggestion:.3g}  ({result.method}; plot {result.files[-1]})")
@@ -261,9 +256,7 @@ def run_lr_find(args: argparse.Namespace) -> int:
 
 
 def run_backbones(args: argparse.Namespace) -> int:
-    from tlearn.models import list_backbones
-
-    rows = list_backbones(offline=args.offline, pattern=args.pattern)
+    rows = api.list_backbones(offline=args.offline, pattern=args.pattern)
     if not rows:
         print("no backbone matches" + (" with weights on this machine" if args.offline else ""))
         return 0
@@ -278,17 +271,12 @@ def run_backbones(args: argparse.Namespace) -> int:
 
 
 def run_datasets(args: argparse.Namespace) -> int:
-    from tlearn.data import BUILTIN_DATASETS, locate_builtin
-
-    for name in BUILTIN_DATASETS:
-        where = locate_builtin(name, args.data_root)
+    for name, where in api.list_datasets(args.data_root):
         print(f"{name:<14} {where or 'not found: downloads when online, or pass --data-root DIR'}")
     return 0
 
 
 def run_ensemble(args: argparse.Namespace) -> int:
-    from tlearn.ensemble import ensemble
-
     model = ensemble(
         args.models,
         out=args.out,
@@ -306,8 +294,6 @@ def run_ensemble(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from tlearn.compare import compare, format_table
-
     values, own = train_options(args, "test_limit")
     test_limit = own["test_limit"]
     data = values.pop("data", None)
@@ -336,13 +322,9 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import warnings
-
     warnings.showwarning = _one_line_warning
     args = build_parser().parse_args(argv)
-    from tlearn.training.runtime import tune_allocator
-
-    tune_allocator()  # every command runs networks on batches: see its docstring
+    api.tune_allocator()  # every command runs networks on batches: see its docstring
     try:
         return COMMANDS[args.command](args)
     except TlearnError as e:
@@ -351,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `tlearn predict ... | head`: the reader left, nothing is wrong
         sys.stderr.close()
         return 0
-    except Interrupted as e:  # SIGINT/SIGTERM during training: a checkpoint was written
+    except api.Interrupted as e:  # SIGINT/SIGTERM during training: a checkpoint was written
         print(f"tlearn: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
@@ -371,8 +353,6 @@ def run() -> None:
     with contextlib.suppress(OSError, ValueError):  # a reader that left (`| head`)
         sys.stdout.flush()
         sys.stderr.flush()
-    import multiprocessing
-
     if multiprocessing.active_children():
         sys.exit(code)
     os._exit(code)

@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from tlearn.api import train
 from tlearn.errors import TlearnError
 from tlearn.files import atomic_write_text
 
@@ -46,8 +47,6 @@ def compare(
     `options` are `tlearn.train`'s (strategy, head, image_size, epochs, ...), the same for every
     run. Run folders go under `out` (`<name>/`), with `compare.json` and `compare.md`.
     """
-    import tlearn
-
     backbones = [backbone] if isinstance(backbone, str) else list(backbone)
     if len(backbones) < 2:
         raise TlearnError("compare needs two or more backbones: repeat --backbone NAME")
@@ -61,7 +60,7 @@ def compare(
         log(f"== {name}")
         run_dir = base / re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
         started = time.perf_counter()
-        model = tlearn.train(data, backbone=names, fusion=how, out=str(run_dir), log=log, **options)
+        model = train(data, backbone=names, fusion=how, out=str(run_dir), log=log, **options)
         seconds = time.perf_counter() - started
         report = model.evaluate(
             data,

@@ -285,6 +285,19 @@ class TrainConfig:
                 scale = math.sqrt(FEATURE_BATCH_SIZE / DEFAULT_BATCH_SIZE)
                 self.lr = round(DEFAULT_LR[(self.optimizer, strategy)] * scale, 6)
 
+    def loader_options(self, train: bool = True, **overrides: Any) -> dict[str, Any]:
+        """What `tlearn.data.image_loader` takes from a run's options (augmentation: training),
+        with `overrides` (a validation batch size) on top."""
+        options: dict[str, Any] = {
+            "batch_size": self.batch_size,
+            "workers": self.workers,
+            "memory_limit_bytes": self.memory_limit_bytes,
+            "hflip": self.hflip,
+        }
+        if train:
+            options.update(augment=self.augment, mixup=self.mixup, cutmix=self.cutmix)
+        return {**options, **overrides}
+
     @property
     def memory_limit_bytes(self) -> int | None:
         return None if self.memory_limit is None else parse_bytes(self.memory_limit)
@@ -299,29 +312,7 @@ class TrainConfig:
             raise TlearnError("no dataset given: name a folder, a CSV file or a built-in dataset")
         if not self.backbone:
             raise TlearnError("no backbone given: pass --backbone NAME (see `tlearn backbones`)")
-        for name, choices in (
-            ("head", HEADS),
-            ("optimizer", OPTIMIZERS),
-            ("schedule", SCHEDULES),
-            ("precision", PRECISIONS),
-            ("augment", AUGMENTS),
-            ("fusion", FUSIONS),
-            ("features", FEATURES),
-            ("monitor", MONITORS),
-            ("balance", BALANCES),
-        ):
-            value = getattr(self, name)
-            if value is None and name in PLANNABLE_DEFAULTS:
-                continue  # not given: a plan or the default decides
-            if value not in choices:
-                raise TlearnError(
-                    f"--{name.replace('_', '-')} {value!r} is not one of {', '.join(choices)}"
-                )
-        if not re.fullmatch(r"auto|linear-probe|finetune|gradual|freeze:\d+", self.strategy):
-            raise TlearnError(
-                f"--strategy {self.strategy!r} is not one of auto, linear-probe, finetune, "
-                "gradual or freeze:N (N a whole number of stages)"
-            )
+        self._check_choices()
         try:
             sizes = self.hidden_sizes
         except ValueError:
@@ -375,6 +366,32 @@ class TrainConfig:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
             raise TlearnError(f"--device {self.device!r} must be auto, cpu, cuda or cuda:N")
         return self
+
+    def _check_choices(self) -> None:
+        """Each option with a fixed set of values holds one of them (or None where unset)."""
+        for name, choices in (
+            ("head", HEADS),
+            ("optimizer", OPTIMIZERS),
+            ("schedule", SCHEDULES),
+            ("precision", PRECISIONS),
+            ("augment", AUGMENTS),
+            ("fusion", FUSIONS),
+            ("features", FEATURES),
+            ("monitor", MONITORS),
+            ("balance", BALANCES),
+        ):
+            value = getattr(self, name)
+            if value is None and name in PLANNABLE_DEFAULTS:
+                continue  # not given: a plan or the default decides
+            if value not in choices:
+                raise TlearnError(
+                    f"--{name.replace('_', '-')} {value!r} is not one of {', '.join(choices)}"
+                )
+        if not re.fullmatch(r"auto|linear-probe|finetune|gradual|freeze:\d+", self.strategy):
+            raise TlearnError(
+                f"--strategy {self.strategy!r} is not one of auto, linear-probe, finetune, "
+                "gradual or freeze:N (N a whole number of stages)"
+            )
 
     # -- files ---------------------------------------------------------------------------------
 

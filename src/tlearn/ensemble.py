@@ -8,7 +8,6 @@ exactly what they mean for a single model, with no special case anywhere.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -17,62 +16,30 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from tlearn.api import Model, build_from_spec, load
+from tlearn.api import Model, load
 from tlearn.checkpoint import ModelSpec, resolve_model_path
+from tlearn.data import image_loader, load_train_splits
 from tlearn.errors import TlearnError
+from tlearn.models.ensemble import MIN_PROBABILITY, EnsembleClassifier, parse_weights
+from tlearn.training import loop
+from tlearn.training.runtime import (
+    autocast_factory,
+    inference_batch_size,
+    pick_device,
+    pick_precision,
+)
 
-# Probabilities below this are clamped before the log so a confident wrong member gives a large
-# but finite loss, never inf.
-_MIN_PROBABILITY = 1e-12
-
-
-class EnsembleClassifier(nn.Module):
-    """Image -> log of the weighted mean of the members' class probabilities."""
-
-    def __init__(self, members: Sequence[nn.Module], weights: Sequence[float]) -> None:
-        super().__init__()
-        if len(members) != len(weights):
-            raise ValueError(f"{len(weights)} weights for {len(members)} members")
-        self.members = nn.ModuleList(members)
-        # From the metadata, not the tensors: a weight change must not need new tensors.
-        self.register_buffer("weights", torch.tensor([float(w) for w in weights]), persistent=False)
-
-    def member_probabilities(self, x: Tensor) -> Tensor:
-        """[B, members, classes], each member's softmax in float32."""
-        return torch.stack([m(x).float().softmax(dim=1) for m in self.members], dim=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        probabilities = (self.member_probabilities(x) * self.weights.view(1, -1, 1)).sum(dim=1)
-        return probabilities.clamp_min(_MIN_PROBABILITY).log()
+__all__ = [
+    "EnsembleClassifier",
+    "build_ensemble",
+    "ensemble",
+    "fit_weights_to",
+    "member_probabilities_on",
+    "parse_weights",
+]
 
 
 # ---------------------------------------------------------------- weights
-
-
-def parse_weights(weights: str | Sequence[float] | None, count: int) -> list[float]:
-    """Validate member weights and scale them to sum to 1; None means equal weights."""
-    if weights is None:
-        return [1.0 / count] * count
-    if isinstance(weights, str):
-        try:
-            values = [float(v) for v in weights.split(",") if v.strip()]
-        except ValueError:
-            raise TlearnError(
-                f"--weights {weights!r} must be numbers separated by commas, like 0.6,0.4"
-            ) from None
-    else:
-        values = [float(v) for v in weights]
-    if len(values) != count:
-        raise TlearnError(
-            f"{len(values)} weights for {count} models: give one weight per model, like "
-            + ",".join(["0.5"] * count)
-        )
-    if any(not math.isfinite(v) or v < 0 for v in values) or sum(values) <= 0:
-        raise TlearnError(
-            f"weights {values} must be zero or positive with a positive sum, like 0.6,0.4"
-        )
-    total = sum(values)
-    return [v / total for v in values]
 
 
 def fit_weights_to(probabilities: Tensor, labels: Tensor, steps: int = 300) -> list[float]:
@@ -87,7 +54,7 @@ def fit_weights_to(probabilities: Tensor, labels: Tensor, steps: int = 300) -> l
     for _ in range(steps):
         optimizer.zero_grad()
         mixture = picked @ logits.softmax(0)
-        loss = -mixture.clamp_min(_MIN_PROBABILITY).log().mean()
+        loss = -mixture.clamp_min(MIN_PROBABILITY).log().mean()
         loss.backward()
         optimizer.step()
     return [round(v, 6) for v in logits.detach().softmax(0).tolist()]
@@ -139,19 +106,6 @@ def build_ensemble(
     return Model(classifier.eval(), spec)
 
 
-def ensemble_classifier_from_spec(spec: ModelSpec) -> EnsembleClassifier:
-    """The untrained skeleton of an ensemble file, for `tlearn.load` to fill with its tensors."""
-    try:
-        records = spec.ensemble["members"]
-        weights = parse_weights(spec.ensemble["weights"], len(records))
-        member_specs = [ModelSpec(**{k: v for k, v in r.items() if k != "source"}) for r in records]
-    except (KeyError, TypeError) as e:
-        raise TlearnError(
-            f"broken ensemble metadata ({e}): rebuild it with `tlearn ensemble`"
-        ) from e
-    return EnsembleClassifier([build_from_spec(s) for s in member_specs], weights).eval()
-
-
 # ---------------------------------------------------------------- fitting
 
 
@@ -170,17 +124,6 @@ def member_probabilities_on(
     The split is drawn with the first member's `val_split` and `seed`, i.e. the images that run
     held out from training, so fitted weights are not chosen on images the members learnt.
     """
-    from tlearn.config import TrainConfig
-    from tlearn.data import load_train_splits
-    from tlearn.training import loop
-    from tlearn.training.features import image_loader
-    from tlearn.training.runtime import (
-        autocast_factory,
-        inference_batch_size,
-        pick_device,
-        pick_precision,
-    )
-
     assert isinstance(model.classifier, EnsembleClassifier)
     config = model.spec.ensemble["members"][0].get("config", {})
     splits = load_train_splits(
@@ -210,8 +153,9 @@ def member_probabilities_on(
     dev = pick_device(device)
     autocast = autocast_factory(dev, pick_precision(dev, "auto"))
     batch_size = inference_batch_size(dev, model.input_preprocessing.input_size, batch_size)
-    cfg = TrainConfig(data=data, batch_size=batch_size, workers=workers)
-    loader = image_loader(splits.val, model.input_preprocessing, cfg, train=False)
+    loader = image_loader(
+        splits.val, model.input_preprocessing, train=False, batch_size=batch_size, workers=workers
+    )
     pred = loop.predict_all(_Flat(model.classifier).to(dev), loader, dev, autocast, "fit weights")
     model.classifier.cpu()
     if len(pred.labels) == 0:

@@ -18,6 +18,7 @@ from tlearn.data.decoded import (
     stored_size,
 )
 from tlearn.data.images import IMAGE_EXTENSIONS, find_images, open_image
+from tlearn.data.loaders import default_workers, image_loader
 from tlearn.data.sources import ArraySource, CsvSource, FolderSource, ImageSource, SubsetSource
 from tlearn.data.splits import (
     Splits,
@@ -57,6 +58,8 @@ __all__ = [
     "collate_skip_none",
     "datasets_cache_dir",
     "decoded_bytes",
+    "default_workers",
+    "image_loader",
     "default_memory_limit",
     "fast_image_loader",
     "find_images",

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from torchvision import datasets
 
 from tlearn.data.sources import ArraySource
 from tlearn.errors import TlearnError
@@ -180,8 +181,6 @@ def _find_cifar(name: str, root: Path) -> Path | None:
 
 
 def _load_cifar(name: str, split: str, root: Path) -> ArraySource:
-    from torchvision import datasets
-
     cls = getattr(datasets, _TV_NAME[name])
     try:
         ds = cls(str(root), train=split == "train", download=False)
@@ -195,8 +194,6 @@ def _load_cifar(name: str, split: str, root: Path) -> ArraySource:
 
 def _download(name: str, split: str, cache: Path) -> ArraySource:
     """Let torchvision download the dataset into tlearn's cache, then load it from there."""
-    from torchvision import datasets
-
     cache.mkdir(parents=True, exist_ok=True)
     cls = getattr(datasets, _TV_NAME[name])
     ds = cls(str(cache), train=split == "train", download=True)

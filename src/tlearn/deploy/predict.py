@@ -3,31 +3,42 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from tlearn.config import check_batch_size
 from tlearn.data import build_transform, find_images, open_image
+from tlearn.deploy.tta import model_tta
 from tlearn.errors import TlearnError
+from tlearn.models.fold import example_images, fold_checked
+
+
+@dataclass
+class Prediction:
+    """Top-k labels of one image, most likely first."""
+
+    path: str
+    labels: list[str]
+    probabilities: list[float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "labels": self.labels, "probabilities": self.probabilities}
 
 
 def predict_paths(
-    model, paths: list[str | Path], topk: int = 5, batch_size: int = 64, *, tta: bool = False
-) -> list:
-    from tlearn.api import Prediction
-
+    model: Any, paths: list[str | Path], topk: int = 5, batch_size: int = 64, *, tta: bool = False
+) -> list[Prediction]:
+    """Top-k labels for image files and folders; `model` is a `tlearn.Model` (or its like)."""
     if topk < 1:
         raise TlearnError(f"--topk {topk} must be at least 1")
     batch_size = check_batch_size(batch_size)
     files = find_images(paths)
     pre, classifier = model.input_preprocessing, model.classifier.eval()
     if tta:  # the model then returns log-probabilities: the softmax below gives them back
-        from tlearn.deploy.tta import model_tta
-
         classifier, pre = model_tta(classifier, pre, model.spec.config)
-    from tlearn.models.fold import example_images, fold_checked
-
     classifier = fold_checked(classifier, example_images(pre.input_size))
     transform = build_transform(pre, train=False)
     k = min(topk, len(model.classes))

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
+from tlearn.data.augment import AUGMENTATIONS, preset
 from tlearn.preprocessing import Preprocessing
 
 ZOOM = 1.15  # the crops come from the image resized this much larger (ten-crop's 256/224)
@@ -91,7 +92,5 @@ def flips_allowed(spec_config: dict | None) -> bool:
 
 def crops_seen(spec_config: dict | None) -> bool:
     """Whether training used random resized crops (`--augment light` and up; unknown: yes)."""
-    from tlearn.data.augment import AUGMENTATIONS, preset
-
     augment = (spec_config or {}).get("augment", "light")
     return augment not in AUGMENTATIONS or preset(augment).crops

@@ -13,7 +13,11 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import timm
+import timm.models
 import torch
+import torchvision.models as tvm
+from timm.models import group_parameters
 from torch import nn
 
 from tlearn.errors import TlearnError
@@ -108,15 +112,11 @@ def _build_auto(name: str, resolved: Resolved) -> tuple[nn.Module, int, str]:
 
 def _build(resolved: Resolved, pretrained: bool, file: Path | None = None) -> tuple[nn.Module, int]:
     if resolved.library == TIMM:
-        import timm
-
         kwargs: dict = {"pretrained": pretrained, "num_classes": 0}
         if pretrained and file is not None:  # load the cached file, skip the hub's network check
             kwargs["pretrained_cfg_overlay"] = {"file": str(file)}
         model = timm.create_model(resolved.arch, **kwargs)
         return model, int(model.num_features)
-    import torchvision.models as tvm
-
     kwargs = {}
     if resolved.arch in ("googlenet", "inception_v3"):
         # Fixed whatever the weights, so a reload with weights="none" computes the same function.
@@ -225,8 +225,6 @@ def _torchvision_preprocessing(arch: str) -> Preprocessing:
 
 
 def _timm_stages(model: nn.Module) -> list[list[nn.Parameter]]:
-    from timm.models import group_parameters
-
     try:
         matcher = model.group_matcher(coarse=True)
     except (AttributeError, NotImplementedError):
@@ -363,7 +361,5 @@ def _describe(name: str, with_width: bool = True) -> dict:
 
 
 def _timm_cfg(arch: str) -> dict:
-    import timm.models
-
     cfg = timm.models.get_pretrained_cfg(arch)
     return cfg.to_dict() if cfg is not None else {}

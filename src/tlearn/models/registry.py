@@ -11,6 +11,10 @@ import difflib
 from dataclasses import dataclass
 from functools import lru_cache
 
+import timm
+import torchvision.models as tvm
+from timm import is_model  # a lookup: listing every name took 0.4 s of each run's start
+
 from tlearn.errors import TlearnError
 
 TIMM = "timm"
@@ -25,30 +29,22 @@ class Resolved:
 
 @lru_cache(maxsize=1)
 def torchvision_names() -> tuple[str, ...]:
-    import torchvision.models as tvm
-
     return tuple(tvm.list_models(module=tvm))
 
 
 @lru_cache(maxsize=1)
 def timm_names() -> tuple[str, ...]:
-    import timm
-
     return tuple(timm.list_models())
 
 
 @lru_cache(maxsize=1)
 def timm_tagged_names() -> frozenset[str]:
-    import timm
-
     return frozenset(timm.list_models(pretrained=True))
 
 
 def _is_timm(arch: str) -> bool:
     if "." in arch:  # a pretrained tag must be one timm actually publishes
         return arch in timm_tagged_names()
-    from timm import is_model  # a lookup: listing every name took 0.4 s of each run's start
-
     return bool(is_model(arch))
 
 

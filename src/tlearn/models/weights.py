@@ -22,7 +22,11 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from urllib.parse import urlparse
 
+import timm.models
 import torch
+import torchvision.models as tvm
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
 from tlearn.errors import TlearnError
@@ -93,9 +97,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not p.is_file():
         raise TlearnError(f"weights file {p} does not exist: pass an existing file, auto or none")
     if p.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         try:
             obj: object = load_file(str(p), device="cpu")
         except (SafetensorError, OSError, ValueError) as e:
@@ -245,8 +246,6 @@ def package_weights(resolved: Resolved) -> tuple[Path, str] | None:
 
 
 def torchvision_default_weights(arch: str):  # -> torchvision.models.WeightsEnum | None
-    import torchvision.models as tvm
-
     try:
         return tvm.get_model_weights(arch).DEFAULT
     except (ValueError, KeyError, AttributeError):
@@ -262,8 +261,6 @@ def torchvision_cached_file(arch: str) -> Path | None:
 
 
 def timm_source(arch: str) -> str | None:
-    import timm.models
-
     try:
         cfg = timm.models.get_pretrained_cfg(arch)
     except (RuntimeError, ValueError):
@@ -275,8 +272,6 @@ def timm_source(arch: str) -> str | None:
 
 def timm_cached_file(arch: str) -> Path | None:
     """The file timm would load for ``arch`` if it is already in the HF or torch hub cache."""
-    import timm.models
-
     try:
         cfg = timm.models.get_pretrained_cfg(arch)
     except (RuntimeError, ValueError):

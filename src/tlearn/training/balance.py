@@ -11,6 +11,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from tlearn.data.sampling import draw_order
+
+__all__ = ["class_weights", "draw_order", "per_class_recall", "sample_weights"]
+
 
 def class_weights(targets: np.ndarray | torch.Tensor, n_classes: int) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(targets), dtype=torch.long)
@@ -25,15 +29,6 @@ def sample_weights(targets: np.ndarray | torch.Tensor, n_classes: int) -> torch.
     """One weight per image: its class's weight."""
     t = torch.as_tensor(np.asarray(targets), dtype=torch.long)
     return class_weights(t, n_classes)[t]
-
-
-def draw_order(
-    n: int, generator: torch.Generator | None, weights: torch.Tensor | None
-) -> torch.Tensor:
-    """An epoch's order: a permutation, or `n` weighted draws with replacement."""
-    if weights is None:
-        return torch.randperm(n, generator=generator)
-    return torch.multinomial(weights.double(), n, replacement=True, generator=generator)
 
 
 def per_class_recall(

@@ -1,4 +1,4 @@
-"""Loaders over image sources, and frozen-backbone features computed once per run.
+"""Frozen-backbone features computed once per run, and the on-disk cache that keeps them.
 
 A frozen backbone gives the same features every epoch, so recomputing them (the article's loop)
 wastes nearly all the time of a linear probe: here they are computed once, in inference mode and
@@ -13,95 +13,26 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from tlearn.config import DEFAULT_BATCH_SIZE, TrainConfig
-from tlearn.data import (
-    BatchMixer,
-    MixedLoader,
-    SafeTransformDataset,
-    SubsetSource,
-    build_transform,
-    collate_skip_none,
-    fast_image_loader,
-    preset,
-)
+from tlearn.config import TrainConfig
+from tlearn.data import SubsetSource, image_loader
 from tlearn.data.fingerprint import fingerprint
+from tlearn.data.sampling import draw_order
 from tlearn.errors import TlearnError
 from tlearn.preprocessing import Preprocessing
-from tlearn.training.balance import draw_order
 from tlearn.training.runtime import (
     compile_module,
-    default_workers,
     inference_batch_size,
     inference_module,
     tlearn_cache_dir,
 )
-
-
-def image_loader(
-    source,
-    pre: Preprocessing,
-    cfg: TrainConfig,
-    *,
-    train: bool,
-    generator: torch.Generator | None = None,
-    batch_size: int | None = None,
-    sampler: Sampler[int] | None = None,
-) -> Iterable:
-    """Batches of `(images in [0, 1], labels, indices)`.
-
-    Data that fits in memory is decoded once to uint8 at the training size and augmented in
-    batches (tens of thousands of images/s); larger data streams through PIL in worker processes.
-    Both yield the same batches, so nothing downstream knows which one ran. `sampler` orders
-    the PIL path (the trainer's resumable `EpochSampler`); the decode-once path draws its order
-    from `generator`. Training batches are mixed (mixup/cutmix: probability targets) when the
-    config asks for it.
-    """
-    workers = default_workers() if cfg.workers is None else cfg.workers
-    batch_size = batch_size or cfg.batch_size or DEFAULT_BATCH_SIZE
-    augment = (cfg.augment or "none") if train else "none"
-    loader = fast_image_loader(
-        source,
-        pre,
-        train=train,
-        augment=augment,
-        batch_size=batch_size,
-        generator=generator,
-        memory_limit_bytes=cfg.memory_limit_bytes,
-        workers=workers,
-        hflip=cfg.hflip,
-    )
-    if loader is not None:
-        return _mixed(loader, source, cfg, train, generator)
-    transform = build_transform(pre, train=train, augment=augment, hflip=cfg.hflip)
-    loader = DataLoader(
-        SafeTransformDataset(source, transform),
-        batch_size=batch_size,
-        shuffle=train and sampler is None,
-        sampler=sampler,
-        generator=generator,
-        num_workers=workers,
-        persistent_workers=workers > 0 and train,
-        collate_fn=collate_skip_none,
-        pin_memory=torch.cuda.is_available(),
-    )
-    return _mixed(loader, source, cfg, train, generator)
-
-
-def _mixed(loader, source, cfg: TrainConfig, train: bool, generator) -> Iterable:
-    recipe = preset(cfg.augment or "none", hflip=cfg.hflip, mixup=cfg.mixup, cutmix=cfg.cutmix)
-    if not (train and recipe.mixes):
-        return loader
-    mixer = BatchMixer(len(source.classes), recipe.mixup, recipe.cutmix, generator)
-    return MixedLoader(loader, mixer)
 
 
 @dataclass
@@ -247,7 +178,7 @@ def compute_features(
     Without `flatten` the outputs keep their shape (a network's inner activations).
     """
     batch = inference_batch_size(device, pre.input_size)
-    loader = image_loader(source, pre, cfg, train=False, batch_size=batch)
+    loader = image_loader(source, pre, train=False, **cfg.loader_options(False, batch_size=batch))
     if flatten:
         backbone = torch.nn.Sequential(backbone, torch.nn.Flatten(1))
     extractor, dtype, autocast = inference_module(backbone, device, precision, pre.input_size)

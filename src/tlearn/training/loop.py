@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from tlearn.training.step import optimizer_step, training_loss
+
 
 @dataclass
 class EpochStats:
@@ -64,6 +66,8 @@ def train_one_epoch(
     *,
     progress: EpochProgress | None = None,
     after_step: Callable[[Any, EpochProgress], None] | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    now: Callable[[], float] = time.perf_counter,
 ) -> EpochStats:
     """Train over `loader`; `progress` continues an epoch begun earlier (and is updated in place).
 
@@ -76,7 +80,7 @@ def train_one_epoch(
     batchnorm_trains = any(
         isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules()
     )
-    start = time.perf_counter()
+    start = now()
     seen_here = 0
     bar = tqdm(loader, desc=description, leave=False, disable=None, unit="batch")
     for batch in bar:
@@ -86,15 +90,10 @@ def train_one_epoch(
             progress.unused += len(batch[1])
         elif batch is not None:
             inputs, labels = batch[0].to(device, non_blocking=True), batch[1].to(device)
-            if inputs.ndim == 4:
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
-            with autocast():
-                loss = loss_fn(model(inputs).float(), labels)
+            loss = training_loss(model, inputs, labels, loss_fn, autocast)
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(loss.item(), progress.step)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            optimizer_step(loss, optimizer, scaler)
             scheduler.step()
             progress.loss_sum += loss.item() * len(labels)
             progress.seen += len(labels)
@@ -115,7 +114,7 @@ def train_one_epoch(
     return EpochStats(
         progress.loss_sum / max(1, progress.seen),
         seen_here,
-        time.perf_counter() - start,
+        now() - start,
         skipped,
     )
 

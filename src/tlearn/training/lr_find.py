@@ -32,21 +32,20 @@ import torch
 from torch import nn
 
 from tlearn.config import TrainConfig
-from tlearn.data import Splits, SubsetSource, stratified_indices
+from tlearn.data import Splits, SubsetSource, image_loader, stratified_indices
 from tlearn.files import atomic_write, atomic_write_text
 from tlearn.models import create_backbone
 from tlearn.preprocessing import model_input
-from tlearn.training.features import (
-    FeatureLoader,
-    extract_features,
-    image_loader,
-)
+from tlearn.training.build import build_classifier, feature_taps
+from tlearn.training.features import FeatureLoader, extract_features
+from tlearn.training.resolve import load_run_splits, prepare_run_dir, resolve_strategy
 from tlearn.training.runtime import (
     autocast_factory,
     pick_device,
     pick_precision,
     seed_everything,
 )
+from tlearn.training.step import grad_scaler, optimizer_step, training_loss
 from tlearn.training.strategies import (
     GRADUAL_DEFAULT_DECAY,
     Phase,
@@ -216,8 +215,6 @@ def lr_find(
     steps: int = STEPS,
 ) -> LRFindResult:
     """`tlearn lr-find`: the sweep for the run `cfg` describes, saved in `cfg.out`."""
-    from tlearn.training.trainer import load_run_splits, prepare_run_dir, resolve_strategy
-
     cfg.validate()
     seed_everything(cfg.seed)
     device = pick_device(cfg.device)
@@ -252,9 +249,7 @@ def find_for_run(
     """
     seed_everything(cfg.seed)
     autocast = autocast_factory(device, precision)
-    # built as fit builds it (imported here: the trainer imports this module for --lr auto)
-    from tlearn.training.trainer import build_classifier, feature_taps
-
+    # built as fit builds it
     backbones = [create_backbone(n, cfg.weights, cfg.image_size) for n in cfg.backbone]
     taps = feature_taps(cfg, backbones, strategy)
     model = build_classifier(backbones, len(splits.classes), cfg, taps).to(device)
@@ -278,7 +273,7 @@ def find_for_run(
     else:
         module = model
         source = _sweep_subset(splits, cfg, steps)
-        batches = image_loader(source, pre, cfg, train=True, generator=generator)
+        batches = image_loader(source, pre, train=True, generator=generator, **cfg.loader_options())
         decay = cfg.lr_decay
         if cfg.strategy_kind in ("gradual", "auto") and decay >= 1.0:  # as the trainer does
             decay = GRADUAL_DEFAULT_DECAY
@@ -289,6 +284,7 @@ def find_for_run(
             freeze_batchnorm_of_frozen(model)
 
     optimizer = build_optimizer(groups, cfg.optimizer, cfg.momentum)
+    scaler = grad_scaler(device, precision)
     factors = [g["lr"] for g in optimizer.param_groups]  # each group's share of the peak rate
     what = "frozen features" if on_features else f"images, top {phase.trainable_stages} stage(s)"
     log(f"lr-find: up to {steps} steps from {start:g} to {end:g} on {what} ({strategy})")
@@ -300,20 +296,19 @@ def find_for_run(
             g["lr"] = lr * factor
         batch = next(stream)
         inputs = batch[0].to(device, non_blocking=True)
-        labels = batch[1].to(device)
-        if inputs.ndim == 4:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        with autocast():
-            loss = loss_fn(module(inputs).float(), labels)
+        loss = training_loss(module, inputs, batch[1].to(device), loss_fn, autocast)
         if not torch.isfinite(loss):
             return float("nan")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        optimizer_step(loss, optimizer, scaler)
         return float(loss.item())
 
     result = suggest_lr(step, default=cfg.resolved_lr(), start=start, end=end, steps=steps)
     result.save(out_dir)
+    log_suggestion(result, out_dir, log)
+    return result
+
+
+def log_suggestion(result: LRFindResult, out_dir: Path, log: Log) -> None:
     steep = f", steepest descent at {result.steepest:.2g}" if result.steepest else ""
     if result.minimum is not None:
         steep += f", loss lowest at {result.minimum:.2g}"
@@ -321,7 +316,6 @@ def find_for_run(
         f"lr-find: suggested lr {result.suggestion:.2g} ({result.method}{steep}); "
         f"plot {out_dir / 'lr_find.png'}"
     )
-    return result
 
 
 def _sweep_subset(splits: Splits, cfg: TrainConfig, steps: int) -> Any:

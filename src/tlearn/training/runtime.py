@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import contextlib
+import copy
+import ctypes
+import ctypes.util
 import json
 import math
 import os
+import platform
+import random
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from tlearn.config import check_batch_size
 from tlearn.errors import TlearnError
 from tlearn.files import atomic_write_text
+from tlearn.models.fold import example_images, fold_checked
+from tlearn.models.prepack import prepack_convolutions
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -87,10 +96,6 @@ def tune_allocator() -> bool:
     global _ALLOCATOR_TUNED
     if _ALLOCATOR_TUNED:
         return True
-    import ctypes
-    import ctypes.util
-    import platform
-
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:
@@ -108,16 +113,7 @@ def tune_allocator() -> bool:
     return ok
 
 
-def default_workers() -> int:
-    """One loader process per spare core: on a 2-core laptop, one decodes while one computes."""
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
-
-
 def seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
@@ -161,10 +157,6 @@ def probe_training_precision(
     backward, for one) run slower in bf16 than in fp32, so the answer depends on the network.
     Only asked when `precision` is bf16 on a CPU; GPUs keep what `pick_precision` chose.
     """
-    import copy
-    import platform
-    import time
-
     if precision != "bf16" or device.type != "cpu":
         return precision
     # The first measurement on a machine is remembered, so two runs with the same seed compute
@@ -255,11 +247,6 @@ def inference_module(
     oneDNN's layout (`tlearn.models.prepack`; 1.14x on ResNet-18 at 64 px, the same outputs).
     The copies serve inference only: model files keep the exact fp32 weights. GPUs use autocast.
     """
-    import copy
-
-    from tlearn.models.fold import example_images, fold_checked
-    from tlearn.models.prepack import prepack_convolutions
-
     module = module.to(device).eval()
     folded = module
     if input_size is not None:

@@ -1,23 +1,19 @@
-"""Budget planner, early stopping, weight averaging, class balance and same-seed reproducibility."""
+"""--budget: parsing, the pure planner on synthetic measurements, the probe, and budget runs."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 import tlearn
-from runs import InterruptingLoss, assert_same_run, metric_rows
+from fast import TINY
+from runs import metric_rows
 from tlearn.cli import main
 from tlearn.config import TrainConfig, parse_duration
 from tlearn.errors import TlearnError
-from tlearn.training.balance import class_weights, draw_order, per_class_recall, sample_weights
-from tlearn.training.ema import WeightAverage
-from tlearn.training.interrupt import Interrupted
-from tlearn.training.planner import (
+from tlearn.training.budget import (
     PlanInputs,
     Throughput,
     early_stages,
@@ -28,24 +24,6 @@ from tlearn.training.planner import (
     split_epochs,
 )
 from tlearn.training.state import load_state
-from tlearn.training.stopping import EarlyStopping
-
-TINY = dict(
-    backbone="test_resnet", weights="none", image_size=32, workers=0, batch_size=4,
-    val_split=0.25, log=lambda line: None, cache=False,
-)  # fmt: skip
-
-
-@pytest.fixture
-def unbalanced(make_image_folder, tmp_path) -> Path:
-    """Three classes, 9/9/3 images: a minority class for --balance to care about."""
-    folder = make_image_folder(classes=("a", "b", "c"), n=9)
-    for extra in sorted((folder / "c").iterdir())[3:]:
-        extra.unlink()
-    return folder
-
-
-# -- --budget parsing -----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -67,8 +45,6 @@ def test_cli_refuses_a_bad_budget_with_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--budget '10x' must be a duration" in err and "Traceback" not in err
 
-
-# -- the planner, on synthetic measurements --------------------------------------------------------
 
 # this project's reference CPU: EfficientNet-Lite0 ~350 img/s training at 64 px, ~1300 inference
 REFERENCE = [
@@ -223,8 +199,10 @@ def test_refit_follows_the_real_speed_of_the_first_steps():
     assert refit(1e-6, cap=7) == 7  # never past the dataset's cap
 
 
-def test_a_budget_run_refits_its_epochs_and_records_them(make_image_folder, tmp_path, monkeypatch):
-    import tlearn.training.planner as planner
+def test_a_budget_run_refits_its_epochs_and_records_them(
+    make_image_folder, tmp_path, monkeypatch, fake_clock
+):
+    import tlearn.training.budget.probe as planner
 
     def overplanned(inputs: PlanInputs) -> planner.Plan:
         plan = make_plan(inputs)
@@ -232,6 +210,8 @@ def test_a_budget_run_refits_its_epochs_and_records_them(make_image_folder, tmp_
         return plan
 
     monkeypatch.setattr(planner, "make_plan", overplanned)
+    SlowsDown.clock, SlowsDown.tick, SlowsDown.after, SlowsDown.calls = fake_clock, 0.1, 10**9, 0
+    monkeypatch.setattr(torch.nn, "CrossEntropyLoss", SlowsDown)  # 0.1 s a step on the clock
     lines: list[str] = []
     out = tmp_path / "run"
     data = make_image_folder(n=24)  # 36 training images: 18 steps of 2 per epoch
@@ -262,30 +242,30 @@ def test_the_rest_of_a_budget_run_is_refitted_both_ways_at_each_epoch():
 
 
 class SlowsDown(torch.nn.CrossEntropyLoss):
-    """Cross-entropy that takes `pause` seconds a call from call `after` on: a machine that
-    becomes slower once the run has planned (and refitted) its epochs."""
+    """Cross-entropy that moves the run's fake clock `tick` seconds a call, and `pause` more from
+    call `after` on: a machine that becomes slower once the run has planned its epochs."""
 
-    after, calls, pause = 0, 0, 0.0
+    after, calls, tick, pause, clock = 0, 0, 0.0, 0.0, None
 
     def forward(self, logits, labels):
         cls = type(self)
         cls.calls += 1
-        if cls.calls > cls.after:
-            __import__("time").sleep(cls.pause)
+        cls.clock.advance(cls.tick + (cls.pause if cls.calls > cls.after else 0.0))
         return super().forward(logits, labels)
 
 
 def test_a_budget_run_that_slows_down_still_anneals_by_its_end(
-    make_image_folder, tmp_path, monkeypatch
+    make_image_folder, tmp_path, monkeypatch, fake_clock
 ):
     lines: list[str] = []
     data = make_image_folder(n=12)  # 18 training images: 9 steps of 2 an epoch
     SlowsDown.after, SlowsDown.calls, SlowsDown.pause = 9, 0, 0.4
+    SlowsDown.clock, SlowsDown.tick = fake_clock, 0.1
     monkeypatch.setattr(torch.nn, "CrossEntropyLoss", SlowsDown)
     options = {**TINY, "batch_size": 2, "log": lines.append}
     out = tmp_path / "run"
-    # epoch 1 runs at full speed; from epoch 2 each step takes 0.4 s more: 7 more epochs of 9
-    # steps would take over 25 s, past the budget (which the start-up also spends)
+    # epoch 1 runs at 0.1 s a step; from epoch 2 each step takes 0.4 s more: 7 more epochs of 9
+    # steps would take over 25 s, past the budget (on the fake clock: no test time is spent)
     tlearn.train(str(data), out=str(out), strategy="finetune", epochs=8, budget="25s", **options)
     short = [line for line in lines if "the budget is running short" in line]
     assert short, lines
@@ -315,143 +295,13 @@ def test_budget_stops_before_an_epoch_that_would_overrun(make_image_folder, tmp_
     assert state["position"]["finished"]
 
 
-# -- early stopping --------------------------------------------------------------------------------
-
-
-def test_early_stopping_counts_epochs_without_improvement():
-    stop = EarlyStopping(patience=2, monitor="val_accuracy")
-    assert not stop.update({"val_accuracy": 0.5})
-    assert not stop.update({"val_accuracy": 0.6})
-    assert not stop.update({"val_accuracy": 0.6})
-    assert stop.update({"val_accuracy": 0.55})
-    falls_back = EarlyStopping(patience=1)
-    assert not falls_back.update({"val_loss": None, "train_loss": 1.0})
-    assert falls_back.update({"val_loss": None, "train_loss": 1.2})
-
-
-def test_patience_stops_a_run_that_no_longer_improves(make_image_folder, tmp_path):
-    lines: list[str] = []
-    tlearn.train(
-        str(make_image_folder()), out=str(tmp_path / "r"), strategy="linear-probe", epochs=8,
-        lr=1e-8, schedule="constant", patience=2, **{**TINY, "log": lines.append},
-    )  # fmt: skip
-    rows = metric_rows(tmp_path / "r")
-    assert len(rows) == 3  # epoch 1 sets the mark, 2 and 3 fail to beat it
-    assert any("has not improved for 2 epoch(s)" in line for line in lines)
-
-
-# -- weight averaging ------------------------------------------------------------------------------
-
-
-def test_weight_average_warms_up_and_swaps():
-    module = torch.nn.Linear(2, 1)
-    average = WeightAverage(module, 0.99)
-    with torch.no_grad():
-        module.weight.add_(1.0)
-    average.update(module)  # decay 0.1 at the first update: mostly the new weights
-    expected = module.weight - 0.1
-    assert torch.allclose(average.shadow["weight"], expected)
-    raw = module.weight.detach().clone()
-    with average.swapped_in(module):
-        assert torch.allclose(module.weight, expected)
-    assert torch.equal(module.weight, raw)
-
-
-def test_ema_weights_are_what_is_saved_and_returned(make_image_folder, tmp_path):
-    run = tmp_path / "r"
-    result = tlearn.train(
-        str(make_image_folder()), out=str(run), strategy="finetune", epochs=2, ema=0.9, **TINY
-    )
-    saved = load_file(run / "last.safetensors")
-    raw = load_state(run / "state.pt")["model"]
-    ema = load_state(run / "state.pt")["ema"]["shadow"]
-    floats = [k for k, v in saved.items() if v.is_floating_point()]
-    assert any(not torch.equal(saved[k], raw[k]) for k in floats), "EMA equals the raw weights"
-    for k in floats:
-        assert torch.equal(saved[k], ema[k]), k
-    returned = result.classifier.state_dict()
-    assert all(torch.equal(returned[k].cpu(), saved[k]) for k in floats)
-
-
-# -- class imbalance -------------------------------------------------------------------------------
-
-
-def test_class_weights_are_inverse_frequency_with_mean_one():
-    targets = torch.tensor([0] * 6 + [1] * 2)
-    w = class_weights(targets, 3)  # class 2 absent
-    assert w[2] == 0
-    assert w[1] == pytest.approx(3 * w[0])
-    assert sample_weights(targets, 3).mean() == pytest.approx(1.0)
-
-
-def test_weighted_draw_evens_out_the_classes():
-    targets = torch.tensor([0] * 90 + [1] * 10)
-    order = draw_order(100, torch.Generator().manual_seed(0), sample_weights(targets, 2))
-    minority = int((targets[order] == 1).sum())
-    assert 30 <= minority <= 70  # ~50 of 100, against 10 in a plain permutation
-    assert sorted(draw_order(100, torch.Generator().manual_seed(0), None).tolist()) == list(
-        range(100)
-    )
-
-
-def test_per_class_recall():
-    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0], [1.0, 0.0]])
-    labels = torch.tensor([0, 1, 1, 1])
-    assert per_class_recall(logits, labels, 3) == [1.0, pytest.approx(1 / 3), None]
-
-
-@pytest.mark.parametrize("balance", ["weighted-loss", "sampler"])
-def test_balanced_runs_log_recall_per_class(unbalanced, tmp_path, balance):
-    lines: list[str] = []
-    tlearn.train(
-        str(unbalanced), out=str(tmp_path / balance), strategy="finetune", epochs=1,
-        balance=balance, **{**TINY, "log": lines.append},
-    )  # fmt: skip
-    row = metric_rows(tmp_path / balance)[0]
-    assert {"recall_a", "recall_b", "recall_c"} <= row.keys()
-    assert any("val recall per class: a " in line for line in lines)
-    if balance == "weighted-loss":
-        assert any("class weights (inverse frequency)" in line for line in lines)
-
-
-# -- same seed, same metrics; and resuming with the recipes on -------------------------------------
-
-RECIPES = dict(epochs=3, patience=2, ema=0.9, balance="sampler", augment="light")
-
-
-@pytest.mark.parametrize("path", ["decode-once", "pil"])
-def test_same_seed_gives_the_same_metrics(unbalanced, tmp_path, path):
-    extra = {"memory_limit": "1"} if path == "pil" else {}
-    for name in ("a", "b"):
-        tlearn.train(
-            str(unbalanced), out=str(tmp_path / name), strategy="finetune", seed=3,
-            **RECIPES, **extra, **TINY,
-        )  # fmt: skip
-    assert metric_rows(tmp_path / "a") == metric_rows(tmp_path / "b")
-    assert_same_run(tmp_path / "a", tmp_path / "b")
-
-
-def test_resume_with_ema_and_patience_gives_the_same_run(unbalanced, tmp_path, monkeypatch):
-    options = dict(TINY, strategy="finetune", deterministic=True, **RECIPES)
-    tlearn.train(str(unbalanced), out=str(tmp_path / "a"), **options)
-    InterruptingLoss.at, InterruptingLoss.calls = 6, 0  # epoch 2 (4 steps an epoch), step 2
-    monkeypatch.setattr(torch.nn, "CrossEntropyLoss", InterruptingLoss)
-    with pytest.raises(Interrupted):
-        tlearn.train(str(unbalanced), out=str(tmp_path / "b"), **options)
-    monkeypatch.undo()
-    state = load_state(tmp_path / "b" / "state.pt")
-    assert state["ema"] is not None and state["early"]["patience"] == 2
-    tlearn.train(resume=str(tmp_path / "b"), log=TINY["log"])
-    assert_same_run(tmp_path / "a", tmp_path / "b")
-
-
 def test_the_probe_runs_the_network_at_each_candidate_size(monkeypatch):
     """The backbones resize inputs to their own size: a probe that forgot it timed one size."""
     from tlearn.models import create_backbone
     from tlearn.models.normalize import NormalizedBackbone
-    from tlearn.training.planner import measure_throughput
+    from tlearn.training.budget import measure_throughput
+    from tlearn.training.build import build_classifier
     from tlearn.training.runtime import autocast_factory
-    from tlearn.training.trainer import build_classifier
 
     seen: list[tuple[int, int]] = []
     original = NormalizedBackbone.forward
@@ -471,9 +321,9 @@ def test_the_probe_runs_the_network_at_each_candidate_size(monkeypatch):
 
 def test_the_probe_times_training_on_stored_frozen_stage_outputs():
     from tlearn.models import create_backbone
-    from tlearn.training.planner import measure_throughput
+    from tlearn.training.budget import measure_throughput
+    from tlearn.training.build import build_classifier
     from tlearn.training.runtime import autocast_factory
-    from tlearn.training.trainer import build_classifier
 
     backbone = create_backbone("test_efficientnet", "none", 32)
     model = build_classifier([backbone], 2, TrainConfig(data="x"))
@@ -486,102 +336,3 @@ def test_the_probe_times_training_on_stored_frozen_stage_outputs():
     assert model.backbones[0].after_prefix is None  # the run's model computes from images
     (t,) = measure_throughput(model, [32], cpu, plain, plain, 2, frozen)
     assert t.stored_train_ips is None
-
-
-# -- --steps-per-epoch: epochs that train on a share of the data ----------------------------------
-
-
-def test_a_limited_epoch_draws_a_fresh_share_and_resumes_inside_it():
-    from torch.utils.data import DataLoader, TensorDataset
-
-    from tlearn.training.order import EpochBatches, EpochSampler
-
-    data = TensorDataset(torch.arange(24))
-    loader = DataLoader(data, batch_size=4, sampler=EpochSampler(24, seed=3, batch_size=4))
-
-    def seen(epoch: int, start: int = 0, limit: int | None = 3) -> list[list[int]]:
-        batches = EpochBatches(loader, 3, epoch, start, limit)
-        return [b[0].tolist() for b in batches]
-
-    first, second = seen(0), seen(1)
-    assert len(first) == len(second) == 3 and len(EpochBatches(loader, 3, 0, 0, 3)) == 3
-    assert first != second  # each epoch a different share
-    assert seen(0, start=1) == first[1:]  # resuming inside the share replays the rest of it
-    assert len(seen(0, limit=None)) == 6 and not EpochBatches(loader, 3, 0).partial
-    batches = EpochBatches(loader, 3, 0, 0, 2)
-    taken = []
-    for batch in batches:  # a refit may lengthen the running epoch
-        taken.append(batch)
-        batches.limit = 4
-    assert len(taken) == 4
-
-
-def test_steps_per_epoch_trains_that_many_steps_and_resumes_the_same(
-    unbalanced, tmp_path, monkeypatch
-):
-    options = dict(TINY, strategy="finetune", deterministic=True, epochs=3, steps_per_epoch=2)
-    InterruptingLoss.at, InterruptingLoss.calls = 0, 0  # counts the training steps
-    monkeypatch.setattr(torch.nn, "CrossEntropyLoss", InterruptingLoss)
-    tlearn.train(str(unbalanced), out=str(tmp_path / "a"), **options)
-    assert InterruptingLoss.calls == 3 * 2  # 16 training images in batches of 4: 2 of 4 batches
-    rows = metric_rows(tmp_path / "a")
-    assert len(rows) == 3 and all(row["skipped"] == "0" for row in rows)
-    InterruptingLoss.at, InterruptingLoss.calls = 4, 0  # epoch 2, its last step
-    with pytest.raises(Interrupted):
-        tlearn.train(str(unbalanced), out=str(tmp_path / "b"), **options)
-    monkeypatch.undo()
-    tlearn.train(resume=str(tmp_path / "b"), log=TINY["log"])
-    assert_same_run(tmp_path / "a", tmp_path / "b")
-
-
-def test_steps_per_epoch_must_be_positive(capsys):
-    assert main(["train", "x", "--steps-per-epoch", "0"]) == 2
-    assert "--steps-per-epoch 0 is out of range" in capsys.readouterr().err
-
-
-# -- which epoch's weights are kept --------------------------------------------------------------
-
-
-def test_a_later_epoch_within_validation_noise_is_kept_as_best():
-    from tlearn.training.stopping import not_clearly_worse
-
-    best = torch.tensor([True] * 90 + [False] * 10)
-    one_fewer = best.clone()
-    one_fewer[0] = False
-    assert not_clearly_worse(one_fewer, best)  # 1 image apart: noise
-    swapped = best.clone()
-    swapped[:6], swapped[90:93] = False, True  # 6 lost, 3 gained: 3 <= sqrt(9)
-    assert not_clearly_worse(swapped, best)
-    worse = best.clone()
-    worse[:10] = False  # 10 lost, none gained: 10 > sqrt(10)
-    assert not not_clearly_worse(worse, best)
-    assert not not_clearly_worse(None, best) and not not_clearly_worse(best[:5], best)
-
-
-@pytest.mark.parametrize(("second_right", "kept"), [(9, "last"), (2, "first")])
-def test_best_model_is_the_last_epoch_unless_validation_clearly_prefers_an_earlier(
-    make_image_folder, tmp_path, monkeypatch, second_right, kept
-):
-    import tlearn.training.loop as loop
-
-    original, calls = loop.predict_all, []
-
-    def canned(*args, **kwargs):  # epoch 1 right on 10 of 12 images, epoch 2 on `second_right`
-        pred = original(*args, **kwargs)
-        right = 10 if not calls else second_right
-        calls.append(right)
-        n = len(pred.labels)
-        logits = torch.zeros_like(pred.logits)
-        wrong = (pred.labels + 1) % pred.logits.shape[1]
-        target = torch.where(torch.arange(n) < right * n // 12, pred.labels, wrong)
-        logits[torch.arange(n), target] = 1.0
-        return loop.Predictions(logits, pred.labels, pred.indices, pred.seconds)
-
-    monkeypatch.setattr(loop, "predict_all", canned)
-    data = make_image_folder(n=16)  # 2 classes: 12 validation images at val_split 0.375
-    out = tmp_path / "run"
-    tlearn.train(str(data), out=str(out), **{**TINY, "epochs": 2, "val_split": 0.375})
-    assert len(calls) == 2
-    best, last = load_file(out / "best.safetensors"), load_file(out / "last.safetensors")
-    same = all(torch.equal(best[k], last[k]) for k in best)
-    assert same == (kept == "last")

@@ -1,4 +1,4 @@
-"""`--budget` with `--strategy auto`: choose what to train so the run fits the time and scores best.
+"""`--budget` arithmetic (no torch, no clock): what to train so the run fits and scores best.
 
 Two halves. `make_plan` is a pure function of measured numbers (dataset size, machine, images/s
 of the real model at candidate sizes), so its choices are testable without a clock. `plan_run`
@@ -20,18 +20,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from tlearn.config import DEFAULT_BATCH_SIZE, TrainConfig, parse_duration
-
-Log = Callable[[str], None]
+from tlearn.config import TrainConfig
+from tlearn.files import atomic_write_text
 
 SAFETY = 1.0  # plan to end at the budget; timing noise may overrun it by a few % (the issue: 10%)
 FIXED_OVERHEAD_S = 4.0  # writing model files, building loaders, the end-of-run summary
@@ -207,7 +201,22 @@ def make_plan(inputs: PlanInputs) -> Plan:
         f"~{decode_s:.0f}s to decode {n_all} images once",
     ]
     available -= decode_s
-    small_data = inputs.n_train / max(1, inputs.n_classes) < 100
+    candidates, best = weigh_candidates(inputs, available)
+    if best is None:  # nothing fits: the cheapest probe, and say so
+        t = min(inputs.throughputs, key=lambda t: t.image_size)
+        best = {"kind": "linear-probe", "size": t.image_size, "epochs": 0, "s": n_all / t.infer_ips}
+        reasons.append(
+            "even frozen features at the smallest size exceed the budget: the run will stop "
+            "when the budget is spent"
+        )
+    if best["kind"] == "linear-probe":
+        return probe_plan(inputs, best, decode_s, reasons, candidates)
+    return finetune_plan(inputs, best, decode_s, reasons, candidates)
+
+
+def weigh_candidates(inputs: PlanInputs, available: float) -> tuple[list[dict], dict | None]:
+    """Each probed size's row for plan.json, and the option expected to score best."""
+    n_all = inputs.n_train + inputs.n_val
     candidates = []
     best: tuple[float, dict] | None = None
     for t in sorted(inputs.throughputs, key=lambda t: t.image_size):
@@ -242,39 +251,37 @@ def make_plan(inputs: PlanInputs) -> Plan:
             continue
         if best is None or err < best[0]:
             best = (err, option)
+    return candidates, None if best is None else best[1]
 
-    if best is None:  # nothing fits: the cheapest probe, and say so
-        t = min(inputs.throughputs, key=lambda t: t.image_size)
-        best = (0.0, {"kind": "linear-probe", "size": t.image_size, "epochs": 0,
-                      "s": n_all / t.infer_ips})  # fmt: skip
-        reasons.append(
-            "even frozen features at the smallest size exceed the budget: the run will stop "
-            "when the budget is spent"
-        )
-    choice = best[1]
+
+def probe_plan(
+    inputs: PlanInputs, choice: dict, decode_s: float, reasons: list[str], candidates: list[dict]
+) -> Plan:
+    """Not one fine-tuning epoch fits: a head on frozen features."""
     size = choice["size"]
-    if choice["kind"] == "linear-probe":
-        head_epochs = 20 if inputs.n_train < 20_000 else 10
-        reasons.append(
-            f"not one fine-tuning epoch fits, so the backbone stays frozen: features computed "
-            f"once at {size}px (~{choice['s']:.0f}s), then an mlp head for {head_epochs} epochs"
-        )
-        return Plan(
-            strategy="linear-probe",
-            image_size=size,
-            epochs=head_epochs,
-            lr=3e-3,
-            head="mlp",
-            augment="none",
-            schedule="cosine",
-            estimated_s=round(inputs.spent_s + decode_s + choice["s"] + FIXED_OVERHEAD_S, 1),
-            budget_s=inputs.budget_s,
-            reasons=reasons,
-            candidates=candidates,
-        )
-    fits = choice["epochs"]
-    full_steps = math.ceil(inputs.n_train / max(1, inputs.batch_size))
-    epochs, steps_per_epoch = split_epochs(fits, full_steps)
+    head_epochs = 20 if inputs.n_train < 20_000 else 10
+    reasons.append(
+        f"not one fine-tuning epoch fits, so the backbone stays frozen: features computed "
+        f"once at {size}px (~{choice['s']:.0f}s), then an mlp head for {head_epochs} epochs"
+    )
+    return Plan(
+        strategy="linear-probe",
+        image_size=size,
+        epochs=head_epochs,
+        lr=3e-3,
+        head="mlp",
+        augment="none",
+        schedule="cosine",
+        estimated_s=round(inputs.spent_s + decode_s + choice["s"] + FIXED_OVERHEAD_S, 1),
+        budget_s=inputs.budget_s,
+        reasons=reasons,
+        candidates=candidates,
+    )
+
+
+def finetune_strategy(inputs: PlanInputs, reasons: list[str]) -> tuple[str, float]:
+    """What trains and at what peak rate: gradual for little data, early stages kept frozen."""
+    small_data = inputs.n_train / max(1, inputs.n_classes) < 100
     strategy = "gradual" if small_data else "finetune"
     if strategy == "finetune" and inputs.frozen_stages:
         strategy = f"freeze:{inputs.frozen_stages}"
@@ -290,6 +297,17 @@ def make_plan(inputs: PlanInputs) -> Plan:
             "data: the backbone is unfrozen gradually, top stages first"
         )
         lr = 1e-3
+    return strategy, lr
+
+
+def finetune_plan(
+    inputs: PlanInputs, choice: dict, decode_s: float, reasons: list[str], candidates: list[dict]
+) -> Plan:
+    """The fine-tuning option chosen: its epochs split into equal shares, and why."""
+    size, fits = choice["size"], choice["epochs"]
+    full_steps = math.ceil(inputs.n_train / max(1, inputs.batch_size))
+    epochs, steps_per_epoch = split_epochs(fits, full_steps)
+    strategy, lr = finetune_strategy(inputs, reasons)
     share = (
         f" of {steps_per_epoch} of the {full_steps} batches each (a fresh shuffled share of the "
         "data every epoch, so the schedule ends at the budget)"
@@ -395,273 +413,6 @@ def fit_remaining(
     return best
 
 
-# -- measuring -------------------------------------------------------------------------------------
-
-_COUNT_PROCESS_START = False
-
-
-def count_process_start() -> None:
-    """The CLI's `--budget` is the command's whole wall time, interpreter start included."""
-    global _COUNT_PROCESS_START
-    _COUNT_PROCESS_START = True
-
-
-def time_before_fit() -> float:
-    """Seconds the budget already lost before `fit` began (imports, in a CLI process).
-
-    Asked once per `count_process_start()`: a later `tlearn.train` in the same process (a
-    notebook, a test session) counts from its own start.
-    """
-    global _COUNT_PROCESS_START
-    counted, _COUNT_PROCESS_START = _COUNT_PROCESS_START, False
-    return process_age() if counted else 0.0
-
-
-def process_age() -> float:
-    """Seconds since this process started (Linux /proc; 0 where unknown)."""
-    try:
-        with open("/proc/self/stat") as f:
-            after_name = f.read().rsplit(")", 1)[1].split()
-        with open("/proc/uptime") as f:
-            uptime = float(f.read().split()[0])
-        return max(0.0, uptime - int(after_name[19]) / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError, AttributeError):
-        return 0.0
-
-
-def measure_throughput(
-    model: torch.nn.Module,
-    sizes: list[int],
-    device: torch.device,
-    train_autocast: Callable,
-    infer_autocast: Callable,
-    batch: int = 32,
-    frozen: frozenset[str] = frozenset(),
-    store_prefix: bool = False,
-    precision: str = "fp32",
-    enough: Callable[[Throughput], bool] | None = None,
-) -> list[Throughput]:
-    """Time two training steps and two inference batches of `model` at each size (a few seconds).
-
-    The first step at a size is a warm-up (allocations, kernel choice) and is not counted.
-    Parameters named in `frozen` do not train, as in the run the plan is for; with
-    `store_prefix`, training on the frozen stages' stored outputs, and computing them in the
-    run's inference `precision`, are timed too (where the network allows the split). Sizes go
-    up until `enough` says a size is too slow to be worth a larger one.
-    """
-    import copy
-
-    trial = copy.deepcopy(model).to(device).to(memory_format=torch.channels_last)
-    for name, p in trial.named_parameters():
-        p.requires_grad_(name not in frozen)
-    params = [p for p in trial.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-6)
-    results = []
-    for size in sizes:
-        # the backbones resize their input to their own size: probe at `size`, not theirs
-        for b in getattr(trial, "backbones", []):
-            b.input_size = size
-        x = torch.rand(batch, 3, size, size, device=device)
-        x = x.contiguous(memory_format=torch.channels_last)
-        y = torch.zeros(batch, dtype=torch.long, device=device)
-        try:
-            train_ips = _training_ips(trial, x, y, optimizer, train_autocast)
-            trial.eval()
-            timings = []
-            with torch.inference_mode():
-                for _ in range(3):
-                    start = time.perf_counter()
-                    with infer_autocast():
-                        trial(x)
-                    _sync(device)
-                    timings.append(time.perf_counter() - start)
-            infer_ips = batch / min(timings[1:])
-            stored = (
-                _time_stored_prefix(trial, x, y, optimizer, frozen, train_autocast, precision)
-                if store_prefix and frozen
-                else None
-            )
-        except (RuntimeError, AssertionError):  # a network that cannot take this size
-            continue
-        results.append(Throughput(size, train_ips, infer_ips, *(stored or (None, None))))
-        if enough is not None and enough(results[-1]):
-            break
-    return results
-
-
-def _time_stored_prefix(
-    trial: torch.nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    optimizer: torch.optim.Optimizer,
-    frozen: frozenset[str],
-    train_autocast: Callable,
-    precision: str,
-) -> tuple[float, float] | None:
-    """(images/s training on stored frozen-stage outputs, images/s computing them), or None."""
-    from tlearn.models.prefix import frozen_prefix
-    from tlearn.training.prefix_cache import PrefixExtractor
-    from tlearn.training.runtime import inference_module
-
-    backbones = list(getattr(trial, "backbones", []))
-    if len(backbones) != 1:
-        return None
-    backbone = backbones[0]
-    ids = {id(p) for n, p in trial.named_parameters() if n in frozen}
-    prefix = frozen_prefix(backbone.body, ids, backbone.prepare(x[:2]))
-    if prefix is None:
-        return None
-    extractor, dtype, autocast = inference_module(
-        PrefixExtractor(backbone, prefix), x.device, precision, x.shape[-1]
-    )  # as the run computes them: on a CPU in bf16, a bf16 copy
-    timings = []
-    with torch.inference_mode():
-        for _ in range(3):
-            start = time.perf_counter()
-            with autocast():
-                stored = extractor(x.to(dtype))
-            _sync(x.device)
-            timings.append(time.perf_counter() - start)
-    prefix_ips = len(x) / min(timings[1:])
-    stored = stored.float().clone().contiguous(memory_format=torch.channels_last)
-    backbone.after_prefix = prefix
-    try:
-        return _training_ips(trial, stored, y, optimizer, train_autocast), prefix_ips
-    finally:
-        backbone.after_prefix = None
-
-
-def _training_ips(
-    trial: torch.nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    optimizer: torch.optim.Optimizer,
-    train_autocast: Callable,
-) -> float:
-    """Images/s of training steps on `x` (the first, a warm-up, not counted)."""
-    from tlearn.training.strategies import freeze_batchnorm_of_frozen
-
-    trial.train()
-    freeze_batchnorm_of_frozen(trial)
-    timings = []
-    for _ in range(3):
-        start = time.perf_counter()
-        with train_autocast():
-            loss = torch.nn.functional.cross_entropy(trial(x).float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        _sync(x.device)
-        timings.append(time.perf_counter() - start)
-    return len(x) / min(timings[1:])
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def native_size(source: Any) -> int | None:
-    """The shorter side of the data's first image (decoding one image is cheap)."""
-    try:
-        width, height = source.load(0).size
-    except Exception:  # noqa: BLE001 - any unreadable first image just means "unknown"
-        return None
-    return min(width, height)
-
-
-def plan_run(
-    cfg: TrainConfig,
-    splits: Any,
-    device: torch.device,
-    precision: str,
-    started: float,
-    log: Log,
-) -> Plan:
-    """Probe the machine with the real network, plan, print and return the plan."""
-    from tlearn.models import create_backbone
-    from tlearn.training.runtime import autocast_factory, probe_training_precision
-    from tlearn.training.trainer import build_classifier
-
-    budget = parse_duration(cfg.budget or "0")
-    name = cfg.backbone[0]
-    default_size = create_backbone(name, "none").preprocessing.input_size
-    native = native_size(splits.train)
-    sizes = [cfg.image_size] if cfg.image_size else candidate_sizes(native, default_size)
-    backbones = [create_backbone(n, "none", sizes[0]) for n in cfg.backbone]
-    model = build_classifier(backbones, len(splits.classes), cfg).to(device)
-    batch = cfg.batch_size or DEFAULT_BATCH_SIZE  # the run's, resolved after the plan
-    stage_lists = [b.stages() for b in backbones]
-    frozen_stages = min(early_stages([sum(p.numel() for p in s) for s in st]) for st in stage_lists)
-    if len(splits.train) / max(1, len(splits.classes)) < 100:
-        frozen_stages = 0  # little data: unfrozen gradually instead (see make_plan)
-    frozen_ids = {id(p) for st in stage_lists for s in st[:frozen_stages] for p in s}
-    frozen = frozenset(n for n, p in model.named_parameters() if id(p) in frozen_ids)
-    train_precision = probe_training_precision(
-        model, sizes[0], device, precision, remember_as=f"{'+'.join(cfg.backbone)}@{sizes[0]}"
-    )
-    with torch.random.fork_rng(devices=[]):  # measuring must not move the run's random stream
-        throughputs = measure_throughput(
-            model,
-            sizes,
-            device,
-            autocast_factory(device, train_precision),
-            autocast_factory(device, precision),
-            batch=batch,
-            frozen=frozen,
-            store_prefix=could_store_prefix(cfg),
-            precision=precision,
-            # three epochs do not fit: a larger size could buy one at most, not worth its probe
-            enough=lambda t: (
-                3 * len(splits.train) / max(t.train_ips, t.stored_train_ips or 0)
-                > budget - (time.perf_counter() - started)
-            ),
-        )
-    if not throughputs:
-        throughputs = [Throughput(sizes[0], 1.0, 1.0)]
-    in_memory = bool(getattr(splits.train, "in_memory", False))
-    cores = os.cpu_count() or 1
-    inputs = PlanInputs(
-        budget_s=budget,
-        spent_s=time.perf_counter() - started,
-        n_train=len(splits.train),
-        n_val=len(splits.val) if splits.val is not None else 0,
-        n_classes=len(splits.classes),
-        native_size=native,
-        backbone_size=default_size,
-        cpu_cores=cores,
-        gpu=device.type == "cuda",
-        batch_size=batch,
-        throughputs=throughputs,
-        decode_ips=20_000.0 if in_memory else 600.0 * cores,
-        frozen_stages=frozen_stages,
-    )
-    plan = make_plan(inputs)
-    machine = f"{cores} CPU cores" + (", GPU" if device.type == "cuda" else ", no GPU")
-    log(
-        f"plan for --budget {cfg.budget}: {plan.strategy} at {plan.image_size}px, "
-        f"{plan.epochs} epoch(s), lr {plan.lr:g}, augment {plan.augment} "
-        f"(~{plan.estimated_s:.0f}s of {budget:.0f}s; {machine}, {inputs.n_train} images, "
-        f"{inputs.n_classes} classes, native {native or '?'}px)"
-    )
-    for t in throughputs:
-        log(
-            f"  probe {t.image_size}px: {t.train_ips:,.0f} img/s training ({train_precision}), "
-            f"{t.infer_ips:,.0f} img/s inference ({precision})"
-        )
-    for reason in plan.reasons:
-        log(f"  because {reason}")
-    plan.candidates = [{**c, "train_precision": train_precision} for c in plan.candidates]
-    return plan
-
-
-def could_store_prefix(cfg: TrainConfig) -> bool:
-    """Whether a fine-tuning plan for `cfg` may store its frozen stages' outputs (flips only)."""
-    from tlearn.training.prefix_cache import may_store
-
-    return may_store(cfg) and cfg.features != "stages"  # taps hook skipped stages
-
-
 # What a plan chooses, in TrainConfig's names; the user's explicit value of any of them wins.
 PLANNED_OPTIONS = ("epochs", "steps_per_epoch", "image_size", "lr", "augment", "schedule", "head")
 
@@ -695,8 +446,6 @@ def apply_plan(cfg: TrainConfig, plan: Plan) -> list[str]:
 
 
 def save_plan(run_dir: Path, plan: Plan, cfg: TrainConfig) -> None:
-    from tlearn.files import atomic_write_text
-
     record = {**plan.to_dict(), "applied": {
         k: getattr(cfg, k)
         for k in (

@@ -1,0 +1,446 @@
+"""The epoch loop shared by every input path, with its bookkeeping and resume state."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tlearn.checkpoint import ModelSpec, save_model
+from tlearn.config import TrainConfig, parse_duration
+from tlearn.data import Splits
+from tlearn.errors import TlearnError
+from tlearn.files import atomic_write_text
+from tlearn.models import Classifier
+from tlearn.training import loop, progressive
+from tlearn.training.balance import class_weights, per_class_recall
+from tlearn.training.budget import (
+    Plan,
+)
+from tlearn.training.budget.clock import Clock
+from tlearn.training.budget.keeper import BUDGET_OVERRUN, BudgetKeeping
+from tlearn.training.ema import WeightAverage
+from tlearn.training.inputs import InputPaths
+from tlearn.training.interrupt import Interrupted, StopRequests
+from tlearn.training.ledger import SkippedFiles
+from tlearn.training.order import EpochBatches, batches_per_epoch
+from tlearn.training.phase import PhaseRun, scale_learning_rate
+from tlearn.training.schedule import lr_factor
+from tlearn.training.state import (
+    STATE_NAME,
+    Position,
+    capture,
+    restore,
+    save_state,
+)
+from tlearn.training.stopping import EarlyStopping, not_clearly_worse
+from tlearn.training.strategies import (
+    build_optimizer,
+)
+
+Log = Callable[[str], None]
+
+
+class Epochs(InputPaths, BudgetKeeping, SkippedFiles):
+    """The epoch loop shared by the cached-feature and whole-image paths, and its bookkeeping.
+
+    Where the run is lives in `self.position` (phase, finished epochs, step in the open epoch);
+    every checkpoint writes it with the tensors, optimizer, scheduler and RNGs to `state.pt`.
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        model: Classifier,
+        spec: ModelSpec,
+        splits: Splits,
+        run_dir: Path,
+        device: torch.device,
+        autocast: Callable,
+        log: Log,
+        stop: StopRequests,
+        state: dict | None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.clock = clock or Clock()  # what --budget and the elapsed times are read from
+        self.cfg, self.model, self.spec, self.splits = cfg, model, spec, splits
+        self.run_dir, self.device, self.autocast, self.log = run_dir, device, autocast, log
+        self.stop = stop
+        self.scaler = None  # fp16 on a GPU: the loss scaler (`tlearn.training.step`)
+        weight = None
+        if cfg.balance == "weighted-loss":
+            weight = class_weights(splits.train.targets, len(splits.classes))
+            self.log("class weights (inverse frequency): " + ", ".join(
+                f"{c} {w:.2f}" for c, w in zip(splits.classes, weight.tolist(), strict=True)
+            ))  # fmt: skip
+        self.loss_fn = nn.CrossEntropyLoss(
+            weight=None if weight is None else weight.to(device),
+            label_smoothing=cfg.label_smoothing,
+        )
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.started = self.clock.now()
+        self.pending = state  # a resumed run's state, applied when its phase is rebuilt
+        state = state or {}
+        self.position = Position.from_dict(state.get("position", {}))
+        self.rows: list[dict] = list(state.get("rows", []))
+        self.best_score: float = state.get("best_score", -math.inf)
+        self.best_correct: torch.Tensor | None = state.get("best_correct")
+        self.lr_scale: float = state.get("lr_scale", 1.0)
+        self.nan_retries: int = state.get("nan_retries", 0)
+        self.elapsed_before: float = state.get("elapsed", 0.0)
+        self.skipped: dict[str, dict[int, str]] = state.get("skipped", {"train": {}, "val": {}})
+        self.shortfall = {"train": 0, "val": 0}  # undecodable images that could not be named
+        self.failed_saves: set[str] = set()
+        self.setup_s = 0.0  # time before the epochs began (loading, planning), for --budget
+        self.budget_s = parse_duration(cfg.budget) if cfg.budget else None
+        self.epoch_started = self.clock.now()
+        self.size_note = ""  # " (32px)" while progressive resizing trains below the full size
+        self.plan: Plan | None = None  # --budget: the planner's, while its epochs may change
+        self.refitted = False  # to the first epoch's steps (`refit_to_speed`), once
+        self.speed_mark: tuple[int, float] | None = None
+        self.ema: WeightAverage | None = None
+        self.ema_module: nn.Module | None = None
+        self.early = EarlyStopping(cfg.patience, cfg.monitor)
+        if state.get("early"):
+            self.early.load_state_dict(state["early"])
+        if state.get("metrics"):
+            spec.metrics = dict(state["metrics"])
+
+    # -- the epoch loop --------------------------------------------------------------------
+
+    def epoch_limit(self, epoch: int | None = None) -> int | None:
+        """Batches epoch `epoch` (0-based) stops after: `--steps-per-epoch`, or
+        `--last-epoch-steps` for the last one; None: the whole loader."""
+        cfg = self.cfg
+        limit = cfg.steps_per_epoch
+        if epoch is not None and epoch == cfg.epochs - 1 and cfg.last_epoch_steps:
+            limit = min(limit or cfg.last_epoch_steps, cfg.last_epoch_steps)
+        return limit
+
+    def epoch_steps(self, loader: Any, epoch: int | None = None) -> int:
+        """Batches epoch `epoch` trains on (any but the last when None)."""
+        full = batches_per_epoch(loader)
+        limit = self.epoch_limit(epoch)
+        return full if limit is None else max(1, min(full, limit))
+
+    def phase_steps(self, loader: Any, first: int, epochs: int) -> int:
+        """Steps of epochs `first` to `first + epochs`: what a phase's schedule spans."""
+        return sum(self.epoch_steps(loader, e) for e in range(first, first + epochs))
+
+    def reschedule(self, run: PhaseRun, loader: Any) -> None:
+        """Stretch or shrink the phase's schedule to its changed length; the step count goes on."""
+        cfg = self.cfg
+        per_epoch = self.epoch_steps(loader)
+        steps = self.phase_steps(loader, run.first, run.epochs)
+        warmup = int(min(cfg.warmup, run.epochs) * per_epoch)
+        run.scheduler.lr_lambdas = [
+            lambda s: lr_factor(s, steps, warmup, cfg.schedule) for _ in run.optimizer.param_groups
+        ]
+
+    def train_phase(self, run: PhaseRun, loader: Any, evaluate: Callable) -> None:
+        """The phase's epochs from where the run stands; a NaN/Inf loss retries an epoch once."""
+        cfg = self.cfg
+        self.apply_pending(run.module, run if self.pending_phase() == run.index else None)
+        self.ensure_average(run.module)
+        while self.position.epoch < run.end and not self.position.finished:
+            self.epoch_started = self.clock.now()
+            if self.stop.requested:  # a signal during feature extraction or evaluation
+                self.save_state(run)
+                self.interrupted()
+            epoch = self.position.epoch
+            good = self.capture(run)  # the last good state, for a retry
+            pos = self.position
+            progress = loop.EpochProgress(pos.step, pos.loss_sum, pos.seen, pos.unused)
+            limit = self.epoch_limit(epoch)
+            batches = EpochBatches(loader, cfg.seed, epoch, progress.step, limit)
+
+            def after_step(
+                batch: Any, progress: loop.EpochProgress, batches: EpochBatches = batches
+            ) -> None:
+                self.after_step(run, batches, batch, progress)
+
+            size = run.size_of(epoch) if run.size_of else None  # progressive resizing
+            self.size_note = f" ({size}px)" if size and size != run.full_size else ""
+            try:
+                with progressive.training_size(run.module, loader, size or 0, run.full_size):
+                    stats = loop.train_one_epoch(
+                        run.module,
+                        batches,
+                        run.optimizer,
+                        run.scheduler,
+                        self.loss_fn,
+                        self.device,
+                        self.autocast,
+                        run.set_mode,
+                        f"epoch {epoch + 1}/{cfg.epochs}{self.size_note}",
+                        progress=progress,
+                        after_step=after_step,
+                        scaler=self.scaler,
+                        now=self.clock.now,
+                    )
+                self.check_finite(run.module, progress.step)
+                self.end_epoch(run, stats, evaluate, loader)
+            except loop.NonFiniteLoss as e:
+                self.retry_with_lower_lr(run, good, e)
+        if self.stop.requested:
+            self.interrupted()
+
+    def after_step(
+        self, run: PhaseRun, batches: EpochBatches, batch: Any, progress: loop.EpochProgress
+    ) -> None:
+        if self.ema is not None and batch is not None:
+            self.ema.update(run.module)
+        if self.plan is not None and not self.refitted and self.position.epoch == 0:
+            self.refit_to_speed(run, batches, progress.step)
+        k = progress.step - 1
+        expected = batches.expected(k)
+        if expected is not None:  # the PIL path: name the files its workers could not decode
+            got = set(batch[2].tolist()) if batch is not None and len(batch) > 2 else set()
+            for i in expected.tolist():
+                if i not in got:
+                    self.note_skipped("train", i)
+        self.position.step, self.position.loss_sum = progress.step, progress.loss_sum
+        self.position.seen, self.position.unused = progress.seen, progress.unused
+        every = self.cfg.checkpoint_every
+        if self.stop.requested:
+            self.save_state(run)
+            self.interrupted()
+        if every and progress.step % every == 0 and progress.step < batches.start + len(batches):
+            self.save_state(run)
+
+    def retry_with_lower_lr(self, run: PhaseRun, good: dict, error: loop.NonFiniteLoss) -> None:
+        where = f"epoch {self.position.epoch + 1}, step {error.step + 1}"
+        if self.nan_retries >= 1:
+            raise TlearnError(
+                f"the loss became {error.value} again ({where}) after the learning rate was "
+                f"lowered: the last good checkpoint is kept in {self.run_dir}; lower --lr or "
+                "check the data"
+            )
+        self.nan_retries += 1
+        restore(good, run.module, run.optimizer, run.scheduler)
+        if self.ema is not None and good.get("ema") is not None:
+            self.ema.load_state_dict(good["ema"])
+        self.position = Position.from_dict(good["position"])
+        self.lr_scale *= 0.1
+        scale_learning_rate(run.optimizer, run.scheduler, 0.1)
+        self.log(
+            f"warning: the loss became {error.value} ({where}): back to the last good state, "
+            "learning rate x0.1, retrying the epoch"
+        )
+
+    # -- bookkeeping -----------------------------------------------------------------------
+
+    def end_epoch(
+        self, run: PhaseRun, stats: loop.EpochStats, evaluate: Callable, loader: Any
+    ) -> None:
+        """Evaluate and save (the averaged weights with --ema), then decide whether to go on."""
+        with self.averaged(run.module):
+            row = self.record_epoch(run, stats, evaluate())
+        fitted = False
+        if self.budget_s is not None and not self.position.finished:
+            fitted = self.fit_to_budget(run, stats, loader)
+        reason = self.stop_reason(row, run, budget=not fitted)
+        if reason and not self.position.finished:
+            self.position.finished = True
+            self.log(f"stopping after epoch {row['epoch']}: {reason}")
+        if not self.failed_saves & {"metrics.csv", "last.safetensors", "best.safetensors"}:
+            self.save_state(run)  # last, and only over whole files: resume redoes a failed epoch
+
+    def stop_reason(
+        self, row: dict, run: PhaseRun | None = None, budget: bool = True
+    ) -> str | None:
+        """Early stopping (--patience) or a budget the next epoch would overrun (--budget)."""
+        if self.early.update(row):
+            return (
+                f"{self.cfg.monitor} has not improved for {self.early.patience} epoch(s) "
+                "(--patience)"
+            )
+        if budget and self.budget_s is not None and not self.position.finished:
+            used = self.setup_s + self.elapsed()
+            last = self.clock.now() - self.epoch_started
+            if run is not None and run.size_of and row["epoch"] < self.cfg.epochs:
+                # progressive resizing: the next epoch has larger images than this one
+                now, then = run.size_of(row["epoch"] - 1), run.size_of(row["epoch"])
+                full = run.full_size
+                last *= progressive.relative_cost(then, full) / progressive.relative_cost(now, full)
+            next_end = used + last
+            if next_end > BUDGET_OVERRUN * self.budget_s:
+                return (
+                    f"another epoch would end near {next_end:.0f}s, past the "
+                    f"{self.budget_s:.0f}s budget (--budget {self.cfg.budget})"
+                )
+        return None
+
+    def record_epoch(
+        self, run: PhaseRun, stats: loop.EpochStats, pred: loop.Predictions | None
+    ) -> dict:
+        epoch = self.position.epoch + 1
+        val_loss, val_acc = loop.loss_and_accuracy(pred) if pred is not None else (None, None)
+        elapsed = self.elapsed()
+        row = {
+            "epoch": epoch,
+            "train_loss": round(stats.loss, 5),
+            "val_loss": None if val_loss is None else round(val_loss, 5),
+            "val_accuracy": None if val_acc is None else round(val_acc, 5),
+            "images_per_s": round(stats.images_per_second, 1),
+            "elapsed_s": round(elapsed, 1),
+            "skipped": max(stats.skipped, self.skipped_count("train")),
+        }
+        classes = self.spec.classes
+        if (
+            pred is not None
+            and len(pred.labels)
+            and (self.cfg.balance != "none" or len(classes) < 20)
+        ):
+            recall = per_class_recall(pred.logits, pred.labels, len(classes))
+            for name, r in zip(classes, recall, strict=True):
+                row[f"recall_{name}"] = None if r is None else round(r, 5)
+            self.log("  val recall per class: " + ", ".join(
+                f"{name} {'-' if r is None else f'{r:.3f}'}"
+                for name, r in zip(classes, recall, strict=True)
+            ))  # fmt: skip
+        self.rows.append(row)
+        val_text = (
+            f"val_loss {val_loss:.4f}  val_acc {val_acc:.4f}" if val_acc is not None else "no val"
+        )
+        self.log(
+            f"epoch {epoch}/{self.cfg.epochs}{self.size_note}  train_loss {stats.loss:.4f}  "
+            f"{val_text}  "
+            f"{stats.images_per_second:,.0f} img/s  {elapsed:.1f}s"
+        )
+        self.position = Position(phase=run.index, epoch=epoch, finished=epoch >= self.cfg.epochs)
+        self.try_save("metrics.csv", self.write_metrics)
+        self.spec.metrics = {
+            "epoch": epoch,
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "train_loss": stats.loss,
+            "skipped_train": self.skipped_count("train"),
+            "skipped_val": self.skipped_count("val"),
+        }
+        self.try_save("last.safetensors", self.save_model("last.safetensors"))
+        score = val_acc if val_acc is not None else -stats.loss
+        correct = None
+        if pred is not None and len(pred.labels):
+            correct = pred.logits.argmax(1) == pred.labels
+        if score > self.best_score or not_clearly_worse(correct, self.best_correct):
+            if score > self.best_score:  # the bar later epochs are held to
+                self.best_score, self.best_correct = score, correct
+            self.try_save("best.safetensors", self.save_model("best.safetensors"))
+        return row
+
+    # -- --ema -----------------------------------------------------------------------------
+
+    def ensure_average(self, module: nn.Module) -> None:
+        if self.cfg.ema and self.ema_module is not module:
+            self.ema, self.ema_module = WeightAverage(module, self.cfg.ema), module
+
+    def averaged(self, module: nn.Module) -> Any:
+        if self.ema is None or self.ema_module is not module:
+            return contextlib.nullcontext()
+        return self.ema.swapped_in(module)
+
+    def keep_average(self) -> None:
+        """The averaged weights become the model the run returns (the files already hold them)."""
+        if self.ema is not None and self.ema_module is not None:
+            self.ema.copy_to(self.ema_module)
+
+    def save_model(self, name: str) -> Callable[[], Any]:
+        return lambda: save_model(self.run_dir / name, self.model, self.spec)
+
+    def capture(self, run: PhaseRun) -> dict:
+        return capture(
+            run.module,
+            run.optimizer,
+            run.scheduler,
+            Position(**{**asdict(self.position), "phase": run.index}),
+            scope="top" if run.module is not self.model else "model",
+            rows=self.rows,
+            best_score=self.best_score,
+            best_correct=self.best_correct,
+            lr_scale=self.lr_scale,
+            nan_retries=self.nan_retries,
+            elapsed=self.elapsed(),
+            skipped=self.skipped,
+            metrics=self.spec.metrics,
+            config=self.spec.config,
+            n_train=len(self.splits.train),
+            ema=None if self.ema is None else self.ema.state_dict(),
+            early=self.early.state_dict(),
+        )
+
+    def save_state(self, run: PhaseRun) -> None:
+        self.check_finite(run.module, self.position.step)
+        state = self.capture(run)
+        self.try_save(STATE_NAME, lambda: save_state(self.run_dir / STATE_NAME, state))
+
+    def try_save(self, name: str, write: Callable[[], Any]) -> None:
+        """A failed write (disk full, folder gone read-only) keeps the previous file and says so."""
+        try:
+            write()
+        except OSError as e:
+            self.failed_saves.add(name)
+            self.log(
+                f"warning: could not write {self.run_dir / name} ({e.strerror or e}); "
+                "the previous one is kept"
+            )
+        else:
+            self.failed_saves.discard(name)
+
+    def pending_phase(self) -> int | None:
+        return None if self.pending is None else self.pending["position"]["phase"]
+
+    def apply_pending(self, module: nn.Module, run: PhaseRun | None = None) -> None:
+        """Put a resumed run's tensors and RNGs back (and its optimizer, inside the same phase)."""
+        if self.pending is None:
+            return
+        optimizer, scheduler = (run.optimizer, run.scheduler) if run else (None, None)
+        restore(self.pending, module, optimizer, scheduler)
+        if self.pending.get("ema") is not None:
+            if self.ema is None:  # a finished run resumed: no epoch rebuilt the average
+                self.ema = WeightAverage(module, self.cfg.ema or 0.999)
+                self.ema_module = module
+            self.ema.load_state_dict(self.pending["ema"])
+        self.pending = None
+
+    def optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
+        """A phase's optimizer, at the lowered rate when a NaN retry happened earlier."""
+        for g in groups:
+            g["lr"] *= self.lr_scale
+        return build_optimizer(groups, self.cfg.optimizer, self.cfg.momentum)
+
+    def check_finite(self, module: nn.Module, step: int) -> None:
+        """Weights that overflowed must never reach a checkpoint: treat them as a NaN loss."""
+        if not all(torch.isfinite(p).all() for p in module.parameters() if p.requires_grad):
+            raise loop.NonFiniteLoss(float("nan"), max(0, step - 1))
+
+    def interrupted(self) -> None:
+        pos = self.position
+        saved = (
+            "the last checkpoint could not be written, so resuming repeats some steps"
+            if STATE_NAME in self.failed_saves
+            else f"progress is saved in {self.run_dir}"
+        )
+        raise Interrupted(
+            self.stop.signum or 2,
+            f"stopped by {self.stop.signal_name} at epoch {pos.epoch + 1}, step {pos.step}; "
+            f"{saved}: continue with `tlearn train --resume {self.run_dir}`",
+        )
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + self.clock.now() - self.started
+
+    def write_metrics(self) -> None:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(self.rows[0]))
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(self.run_dir / "metrics.csv", buffer.getvalue())
