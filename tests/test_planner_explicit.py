@@ -76,7 +76,7 @@ def test_budget_run_keeps_explicit_augment_and_schedule(make_image_folder, tmp_p
     """`tlearn train DATA --budget 2m --augment none --schedule cosine`: neither is the plan's."""
     data = make_image_folder(n=8)
     run = tmp_path / "run"
-    fast = ["--backbone", "resnet18", "--weights", "none", "--image-size", "32",
+    fast = ["--backbone", "test_resnet", "--weights", "none", "--image-size", "32",
             "--batch-size", "4", "--workers", "0", "--epochs", "1"]  # fmt: skip
     args = ["train", str(data), "--budget", "2m", "--augment", "none", "--schedule", "cosine"]
     assert main([*args, *fast, "--out", str(run)]) == 0
