@@ -235,3 +235,90 @@ def build_from_spec(spec: ModelSpec) -> Classifier:
         input_norm=bool(spec.head.get("input_norm", False)),
     )
     return Classifier(backbones, head, fusion).to(memory_format=torch.channels_last).eval()
+
+
+# ---------------------------------------------------------------- ship: export and serve
+
+
+def export(
+    model: Model | str | Path,
+    out: str | Path | None = None,
+    *,
+    format: str = "onnx",
+    check: str | Path | None = None,
+    log=print,
+) -> Any:
+    """Write `model` (a Model, run folder or model file) as ONNX or a torch.export `.pt2`,
+    verified against the fp32 PyTorch model on real images (`check`, or the run's data).
+
+    Returns the check's `ExportResult`; a file that disagrees is removed and TlearnError raised.
+    """
+    from tlearn.deploy.export import export_model
+
+    loaded = model if isinstance(model, Model) else load(model)
+    if out is None:
+        if isinstance(model, Model):
+            raise TlearnError("give out=FILE: where to write the exported model")
+        source = Path(model)
+        out = (source / "model" if source.is_dir() else source).with_suffix(f".{format}")
+    return export_model(loaded, out, format, check=check, log=log)
+
+
+def predict_onnx(
+    path: str | Path, inputs: str | Path | list[str | Path], topk: int = 5, batch_size: int = 64
+) -> list[Prediction]:
+    """Top-k labels from an exported ONNX file, with tlearn's own decoding in front of it."""
+    from tlearn.deploy.onnx_runtime import OnnxModel
+
+    paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    rows = OnnxModel(path).predict_paths(paths, topk=topk, batch_size=batch_size)
+    return [Prediction(path=p, labels=labels, probabilities=probs) for p, labels, probs in rows]
+
+
+def serving_engine(model: Model | str | Path, engine: str = "auto", precision: str = "auto"):
+    """What `serve` runs: an `.onnx` file in onnxruntime, or a model in tlearn's inference path."""
+    from tlearn.deploy.engines import OnnxEngine, TorchEngine
+    from tlearn.deploy.onnx_runtime import OnnxModel
+
+    if engine not in ("auto", "torch", "onnx"):
+        raise TlearnError(f"unknown engine {engine!r}: pass --engine auto, torch or onnx")
+    if isinstance(model, (str, Path)) and Path(model).suffix == ".onnx":
+        if engine == "torch":
+            raise TlearnError("an .onnx file runs in onnxruntime: pass --engine onnx or auto")
+        return OnnxEngine(OnnxModel(model))
+    if engine == "onnx":
+        raise TlearnError(
+            "--engine onnx serves an exported file: run `tlearn export RUN --format onnx` first "
+            "and serve the .onnx file"
+        )
+    loaded = model if isinstance(model, Model) else load(model)
+    device = pick_device("cpu")
+    chosen = pick_precision(device, precision)
+    size = loaded.input_preprocessing.input_size
+    runner, dtype, autocast = inference_module(loaded.classifier, device, chosen, size)
+    return TorchEngine(loaded, runner, dtype, autocast)
+
+
+def serve(
+    model: Model | str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    engine: str = "auto",
+    max_batch: int = 32,
+    max_wait_ms: float = 5.0,
+    max_upload_mb: float = 10.0,
+    log=print,
+) -> None:
+    """Serve a Model, run folder, model file or exported `.onnx` over HTTP until Ctrl-C:
+    POST /predict, the web page at /, /health, /model and /docs."""
+    from tlearn.deploy.serve.app import create_app
+    from tlearn.deploy.serve.server import run_server
+
+    tune_allocator()
+    chosen = serving_engine(model, engine)
+    app = create_app(
+        chosen, max_batch=max_batch, max_wait_ms=max_wait_ms, max_upload_mb=max_upload_mb
+    )
+    log(f"model: {len(chosen.classes)} classes, engine {chosen.name}")
+    run_server(app, host, port, log=log)

@@ -122,7 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser("predict", help="top-k labels for image files or folders")
     predict.add_argument("model", help="run folder or .safetensors model file")
-    predict.add_argument("paths", nargs="+", help="image files or folders")
+    predict.add_argument("paths", nargs="*", help="image files or folders")
+    predict.add_argument(
+        "--onnx", metavar="FILE", default=None,
+        help="run this exported .onnx file (onnxruntime) instead; every positional is an image",
+    )  # fmt: skip
     predict.add_argument("--topk", type=int, default=3)
     predict.add_argument("--batch-size", type=int, default=64)
     predict.add_argument("--tta", action="store_true", help=TTA_HELP)
@@ -164,7 +168,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_train_options(comp)
     comp.add_argument("--test-limit", type=int, default=None, help="score on N test images")
+    add_ship_commands(sub)
     return parser
+
+
+def add_ship_commands(sub) -> None:
+    """`export` and `serve`: a model out of Python, verified, and over HTTP."""
+    exp = sub.add_parser("export", help="write the model as ONNX or .pt2, verified on real images")
+    exp.add_argument("model", help="run folder or .safetensors model file")
+    exp.add_argument("--format", default="onnx", choices=("onnx", "pt2"))
+    exp.add_argument("--out", default=None, help="the file to write (default: RUN/model.FORMAT)")
+    exp.add_argument(
+        "--check", metavar="DIR", default=None,
+        help="verify on these images (default: the held-out images of the run's data)",
+    )  # fmt: skip
+    srv = sub.add_parser("serve", help="a JSON API and a web page to try the model, over HTTP")
+    srv.add_argument("model", help="run folder, .safetensors model file or exported .onnx file")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--engine", default="auto", choices=("auto", "torch", "onnx"))
+    srv.add_argument("--max-batch", type=int, default=32, help="images per batch at most")
+    srv.add_argument(
+        "--max-wait-ms", type=float, default=5.0,
+        help="how long a request waits for others to join its batch",
+    )  # fmt: skip
+    srv.add_argument("--max-upload-mb", type=float, default=10.0, help="larger requests get 413")
 
 
 def train_options(args: argparse.Namespace, *own: str) -> tuple[dict, dict]:
@@ -222,10 +250,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     import tlearn
 
-    model = tlearn.load(args.model)
-    predictions = model.predict(
-        args.paths, topk=args.topk, batch_size=args.batch_size, tta=args.tta
-    )
+    if args.onnx:
+        if args.tta:
+            raise TlearnError("--tta runs on the PyTorch model: drop --onnx or --tta")
+        images = [args.model, *args.paths]
+        predictions = tlearn.predict_onnx(args.onnx, images, args.topk, args.batch_size)
+    elif not args.paths:
+        raise TlearnError("no images given: `tlearn predict RUN FILES|DIRS`")
+    else:
+        model = tlearn.load(args.model)
+        predictions = model.predict(
+            args.paths, topk=args.topk, batch_size=args.batch_size, tta=args.tta
+        )
     if args.json:
         for p in predictions:
             print(json.dumps(p.to_dict()))
@@ -318,6 +354,30 @@ def run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_export(args: argparse.Namespace) -> int:
+    import tlearn
+
+    result = tlearn.export(args.model, args.out, format=args.format, check=args.check)
+    print(result.summary())
+    print(f"done: {result.path} ({result.format}, {result.exporter})")
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import tlearn
+
+    tlearn.serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        engine=args.engine,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_upload_mb=args.max_upload_mb,
+    )
+    return 0
+
+
 COMMANDS = {
     "train": run_train,
     "evaluate": run_evaluate,
@@ -327,6 +387,8 @@ COMMANDS = {
     "datasets": run_datasets,
     "ensemble": run_ensemble,
     "compare": run_compare,
+    "export": run_export,
+    "serve": run_serve,
 }
 
 
