@@ -15,7 +15,7 @@ EXTRAS = {
     "fastapi": "serve",
     "fastapi_offline": "serve",
     "uvicorn": "serve",
-    "multipart": "serve",
+    "python_multipart": "serve",
 }
 
 

@@ -2,9 +2,9 @@
 
 Uploads are decoded in a thread of the app's pool (tlearn's decoding, `tlearn.deploy.inputs`)
 and the network runs in the batcher's single worker thread, so the event loop only moves bytes.
+Annotations are evaluated here (no `from __future__ import annotations`): FastAPI reads the
+endpoint's `fastapi.Request`, a name only the function that imports fastapi can see.
 """
-
-from __future__ import annotations
 
 import asyncio
 import contextlib
@@ -62,7 +62,7 @@ def create_app(
     """An ASGI app serving `engine` (`tlearn.deploy.engines`); the batcher lives with the app."""
     fastapi = require("fastapi")
     offline = require("fastapi_offline")
-    require("multipart")
+    require("python_multipart")
     responses = require("fastapi.responses")
     staticfiles = require("fastapi.staticfiles")
     concurrency = require("fastapi.concurrency")
