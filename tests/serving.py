@@ -23,7 +23,7 @@ def free_port() -> int:
 
 @contextmanager
 def tlearn_serve(
-    model: Path, *args: str, timeout: float = 120
+    model: Path, *args: str, timeout: float = 300
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """(base URL, process) of `tlearn serve MODEL` once /health answers; Ctrl-C on exit."""
     port = free_port()

@@ -28,7 +28,7 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(run):
-    app = create_app(tlearn.api.serving_engine(run), max_upload_mb=1)
+    app = create_app(tlearn.api.serving_engine(run, "torch"), max_upload_mb=1)
     with TestClient(app) as c:
         yield c
 
@@ -113,12 +113,17 @@ def test_page_health_model_and_offline_docs(client):
     assert "/predict" in client.get("/openapi.json").json()["paths"]
 
 
-def test_serves_an_onnx_file_with_the_same_answers(run, tmp_path):
+def test_serves_an_onnx_file_with_the_same_answers(run, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     path = tlearn.export(run, tmp_path / "m.onnx", log=lambda s: None).path
     want = expected(run)
     engine = tlearn.api.serving_engine(path)
     assert engine.name == "onnxruntime"
+    # a run is served from its verified export by default, exported once
+    assert tlearn.api.serving_engine(run).name == "onnxruntime"
+    assert "top-1 agreement" in capsys.readouterr().out and (run / "model.onnx").is_file()
+    assert tlearn.api.serving_engine(run).onnx.path == run / "model.onnx"
+    assert "exporting" not in capsys.readouterr().out
     with TestClient(create_app(engine)) as c:
         files = [("file", ("x.png", open(p, "rb").read())) for p in want]
         answers = c.post("/predict", files=files).json()["predictions"]
@@ -179,7 +184,7 @@ def test_graceful_shutdown_answers_requests_in_flight(run):
     import httpx
     import uvicorn
 
-    engine = tlearn.api.serving_engine(run)
+    engine = tlearn.api.serving_engine(run, "torch")
     real = engine.runner
     inside = threading.Event()
 

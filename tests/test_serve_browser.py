@@ -21,7 +21,7 @@ def test_page_classifies_an_uploaded_image_and_docs_render_offline(tmp_path):
     run = train_tiny(tmp_path)
     image = run.parent / "images" / "dog" / "dog_002.png"
     want = tlearn.load(run).predict([str(image)], topk=3)[0]
-    with tlearn_serve(run) as (url, _), chromium() as driver:
+    with tlearn_serve(run, "--engine", "torch") as (url, _), chromium() as driver:
         driver.get(f"{url}/")
         info = driver.find_element(By.ID, "model-info")
         WebDriverWait(driver, 30).until(lambda d: "3 classes" in info.text)

@@ -276,7 +276,13 @@ def predict_onnx(
 
 
 def serving_engine(model: Model | str | Path, engine: str = "auto", precision: str = "auto"):
-    """What `serve` runs: an `.onnx` file in onnxruntime, or a model in tlearn's inference path."""
+    """What `serve` runs: an `.onnx` file in onnxruntime, or a model in tlearn's inference path.
+
+    `auto` serves onnxruntime, the faster engine on CPUs in benchmarks/serve.py: a run or model
+    file is served from its exported `.onnx` beside it (RUN/model.onnx, or MODEL.onnx), which is
+    exported and verified first when missing or older than the model; where that cannot be done
+    (the export extra missing, the run's data not here) it says why and serves PyTorch.
+    """
     from tlearn.deploy.engines import OnnxEngine, TorchEngine
     from tlearn.deploy.onnx_runtime import OnnxModel
 
@@ -285,18 +291,36 @@ def serving_engine(model: Model | str | Path, engine: str = "auto", precision: s
     if isinstance(model, (str, Path)) and Path(model).suffix == ".onnx":
         if engine == "torch":
             raise TlearnError("an .onnx file runs in onnxruntime: pass --engine onnx or auto")
-        return OnnxEngine(OnnxModel(model))
-    if engine == "onnx":
-        raise TlearnError(
-            "--engine onnx serves an exported file: run `tlearn export RUN --format onnx` first "
-            "and serve the .onnx file"
-        )
+        return OnnxEngine(OnnxModel(model, serving=True))
+    if engine != "torch" and isinstance(model, (str, Path)):
+        try:
+            return OnnxEngine(OnnxModel(exported_beside(model), serving=True))
+        except TlearnError as e:
+            if engine == "onnx":
+                raise
+            print(f"tlearn: serving with PyTorch: no verified ONNX export ({e})")
+    elif engine == "onnx":
+        raise TlearnError("--engine onnx needs a run folder, a model file or an .onnx file")
     loaded = model if isinstance(model, Model) else load(model)
     device = pick_device("cpu")
     chosen = pick_precision(device, precision)
     size = loaded.input_preprocessing.input_size
     runner, dtype, autocast = inference_module(loaded.classifier, device, chosen, size)
     return TorchEngine(loaded, runner, dtype, autocast)
+
+
+def exported_beside(model: str | Path) -> Path:
+    """RUN/model.onnx or MODEL.onnx, exported (and verified) now unless newer than the model."""
+    from tlearn.checkpoint import resolve_model_path
+
+    source = resolve_model_path(model)
+    target = Path(model) / "model.onnx" if Path(model).is_dir() else source.with_suffix(".onnx")
+    if target.is_file() and target.stat().st_mtime >= source.stat().st_mtime:
+        return target
+    print(f"tlearn: exporting {source} to {target} for onnxruntime (once)")
+    result = export(model, target)
+    print(result.summary())
+    return result.path
 
 
 def serve(

@@ -186,7 +186,11 @@ def add_ship_commands(sub) -> None:
     srv.add_argument("model", help="run folder, .safetensors model file or exported .onnx file")
     srv.add_argument("--host", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=8000)
-    srv.add_argument("--engine", default="auto", choices=("auto", "torch", "onnx"))
+    srv.add_argument(
+        "--engine", default="auto", choices=("auto", "torch", "onnx"),
+        help="auto: onnxruntime (faster here), from the run's verified model.onnx, exported once "
+        "if missing; torch: tlearn's PyTorch inference",
+    )  # fmt: skip
     srv.add_argument("--max-batch", type=int, default=32, help="images per batch at most")
     srv.add_argument(
         "--max-wait-ms", type=float, default=5.0,

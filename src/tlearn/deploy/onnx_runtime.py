@@ -23,7 +23,7 @@ from tlearn.preprocessing import Preprocessing
 class OnnxModel:
     """A tlearn-exported ONNX file: its classes, its input preprocessing and a session."""
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, threads: int | None = None, serving: bool = False) -> None:
         ort = require("onnxruntime")
         self.path = Path(path)
         if not self.path.is_file():
@@ -31,6 +31,8 @@ class OnnxModel:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        if serving:  # idle pool threads spinning would take the cores that decode uploads
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(
                 str(self.path), options, providers=["CPUExecutionProvider"]
