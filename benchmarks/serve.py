@@ -10,8 +10,8 @@ Loopback only, bounded in requests and seconds. For a run (tf_efficientnet_lite0
      (--max-batch 1 --max-wait-ms 0).
 The client shares the machine's cores with the server, as a real client on the same host would.
 
-    python benchmarks/serve.py --model RUN [--engine torch|onnx] [--seconds 30]
-        -> benchmarks/results/serve.{json,md}
+    python benchmarks/serve.py --model RUN [--engine torch|onnx] [--seconds 30] [--name serve]
+        -> benchmarks/results/serve.{json,md} (auto: the faster engine at batch 32 is served)
 """
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import platform
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -41,33 +43,59 @@ from serving import tlearn_serve  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 
 
-def engine_rates(run: Path, onnx_path: Path, rounds: int, seconds: float) -> dict:
-    """Images/s per engine and batch size: median of `rounds` alternating timings."""
-    engines = {
-        "onnxruntime": OnnxEngine(OnnxModel(onnx_path)),
-        "pytorch": serving_engine(run, "torch"),
-    }
-    size = engines["onnxruntime"].input_preprocessing.input_size
+def _engine_worker(kind: str, path: str, requests, answers) -> None:
+    """One engine in a process of its own (thread pools and allocators are process-wide), run
+    from a thread other than the main one, as the server's batcher runs it: on this shared
+    machine PyTorch's 2-thread OpenMP team ran 25-70x slower when called from the main thread
+    than from another (a barrier waiting on a descheduled partner, it seems)."""
+    worker = threading.Thread(target=_engine_loop, args=(kind, path, requests, answers))
+    worker.start()
+    worker.join()
+
+
+def _engine_loop(kind: str, path: str, requests, answers) -> None:
+    tune_allocator()
+    engine = OnnxEngine(OnnxModel(path, serving=True)) if kind == "onnxruntime" else None
+    engine = engine or serving_engine(path, "torch")
+    answers.put(engine.name)
     rng = np.random.default_rng(0)
-    out: dict = {}
-    for batch in (1, 32):
+    size = engine.input_preprocessing.input_size
+    while (job := requests.get()) is not None:
+        batch, seconds = job
         images = rng.integers(0, 256, (batch, 3, size, size), dtype=np.uint8)
-        samples: dict[str, list[float]] = {name: [] for name in engines}
-        for engine in engines.values():  # warm-up
+        engine(images)  # warm-up for this shape
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
             engine(images)
+            count += batch
+        answers.put(count / (time.perf_counter() - start))
+
+
+def engine_rates(run: Path, onnx_path: Path, rounds: int, seconds: float) -> dict:
+    """Images/s per engine and batch size: each engine in its own process, timed in
+    alternation (one at a time, so they never share the cores), median of `rounds`."""
+    context = multiprocessing.get_context("spawn")
+    workers = {}
+    for kind, path in (("onnxruntime", onnx_path), ("pytorch", run)):
+        requests, answers = context.Queue(), context.Queue()
+        process = context.Process(target=_engine_worker, args=(kind, str(path), requests, answers))
+        process.start()
+        workers[kind] = (process, requests, answers, answers.get(timeout=600))
+    out: dict = {kind: {"engine": w[3]} for kind, w in workers.items()}
+    for batch in (1, 32):
+        samples: dict[str, list[float]] = {kind: [] for kind in workers}
         for _ in range(rounds):
-            for name, engine in engines.items():
-                count, start = 0, time.perf_counter()
-                while time.perf_counter() - start < seconds:
-                    engine(images)
-                    count += batch
-                samples[name].append(count / (time.perf_counter() - start))
-        for name in engines:
-            out.setdefault(name, {})[f"batch {batch}"] = {
-                "images_per_s": round(statistics.median(samples[name]), 1),
-                "rounds": [round(v, 1) for v in samples[name]],
+            for kind, (_, requests, answers, _) in workers.items():
+                requests.put((batch, seconds))
+                samples[kind].append(answers.get(timeout=600))
+        for kind, values in samples.items():
+            out[kind][f"batch {batch}"] = {
+                "images_per_s": round(statistics.median(values), 1),
+                "rounds": [round(v, 1) for v in values],
             }
-    out["pytorch"]["engine"] = engines["pytorch"].name
+    for process, requests, _, _ in workers.values():
+        requests.put(None)
+        process.join(60)
     return out
 
 
@@ -128,9 +156,9 @@ def load_tests(
     return rows
 
 
-def write(result: dict) -> None:
+def write(result: dict, name: str) -> None:
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "serve.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     e = result["engines"]
     lines = [
         f"# tlearn serve: {result['model']}",
@@ -141,7 +169,9 @@ def write(result: dict) -> None:
         "|---|---:|---:|",
     ]
     for name in ("onnxruntime", "pytorch"):
-        label = f"tlearn PyTorch ({e['pytorch']['engine']})" if name == "pytorch" else name
+        label = (
+            f"tlearn PyTorch inference ({e['pytorch']['engine']})" if name == "pytorch" else name
+        )
         one, many = (e[name][f"batch {b}"]["images_per_s"] for b in (1, 32))
         lines.append(f"| {label} | {one:,} | {many:,} |")
     lines += ["", f"served engine: {result['served_engine']}", "",
@@ -156,7 +186,7 @@ def write(result: dict) -> None:
         "",
         f"batching / one at a time at concurrency 32: {result['batching_ratio']}x requests/s",
     ]
-    (RESULTS / "serve.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
@@ -167,6 +197,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30, help="bound per load level")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per engine")
     parser.add_argument("--images", default=None, help="JPEGs to send (default: the run's test/)")
+    parser.add_argument("--name", default="serve", help="results file name (without suffix)")
     args = parser.parse_args()
     tune_allocator()
     run = Path(args.model)
@@ -200,7 +231,7 @@ def main() -> None:
         "load": rows,
         "batching_ratio": round(batched["requests_per_s"] / single["requests_per_s"], 2),
         "images_sent": f"{len(images)} JPEGs from {data}",
-    })  # fmt: skip
+    }, args.name)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -119,11 +119,13 @@ def test_serves_an_onnx_file_with_the_same_answers(run, tmp_path, capsys):
     want = expected(run)
     engine = tlearn.api.serving_engine(path)
     assert engine.name == "onnxruntime"
-    # a run is served from its verified export by default, exported once
-    assert tlearn.api.serving_engine(run).name == "onnxruntime"
+    # engine onnx serves a run from its verified export, exported once
+    (run / "model.onnx").unlink(missing_ok=True)
+    assert tlearn.api.serving_engine(run, "onnx").name == "onnxruntime"
     assert "top-1 agreement" in capsys.readouterr().out and (run / "model.onnx").is_file()
-    assert tlearn.api.serving_engine(run).onnx.path == run / "model.onnx"
+    assert tlearn.api.serving_engine(run, "onnx").onnx.path == run / "model.onnx"
     assert "exporting" not in capsys.readouterr().out
+    assert tlearn.api.serving_engine(run).name.startswith("pytorch")  # auto
     with TestClient(create_app(engine)) as c:
         files = [("file", ("x.png", open(p, "rb").read())) for p in want]
         answers = c.post("/predict", files=files).json()["predictions"]

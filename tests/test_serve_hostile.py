@@ -69,7 +69,7 @@ def test_200_hostile_requests_interleaved_with_good_ones(tmp_path):
         mixed.append(("bad", *item))
         if i % 2 == 0:
             mixed.append(("good", *good[i % len(good)]))
-    with tlearn_serve(run, "--max-upload-mb", "10") as (url, process):
+    with tlearn_serve(run, "--max-upload-mb", "10", "--engine", "onnx") as (url, process):
 
         def send(entry):
             role, kind, kwargs = entry

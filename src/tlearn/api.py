@@ -278,10 +278,10 @@ def predict_onnx(
 def serving_engine(model: Model | str | Path, engine: str = "auto", precision: str = "auto"):
     """What `serve` runs: an `.onnx` file in onnxruntime, or a model in tlearn's inference path.
 
-    `auto` serves onnxruntime, the faster engine on CPUs in benchmarks/serve.py: a run or model
-    file is served from its exported `.onnx` beside it (RUN/model.onnx, or MODEL.onnx), which is
-    exported and verified first when missing or older than the model; where that cannot be done
-    (the export extra missing, the run's data not here) it says why and serves PyTorch.
+    `auto` serves a run or model file with tlearn's PyTorch inference, which served more
+    requests/s than onnxruntime at every concurrency in benchmarks/serve.py. `onnx` serves it
+    from its exported `.onnx` beside it (RUN/model.onnx, or MODEL.onnx), exported and verified
+    first when missing or older than the model.
     """
     from tlearn.deploy.engines import OnnxEngine, TorchEngine
     from tlearn.deploy.onnx_runtime import OnnxModel
@@ -292,15 +292,10 @@ def serving_engine(model: Model | str | Path, engine: str = "auto", precision: s
         if engine == "torch":
             raise TlearnError("an .onnx file runs in onnxruntime: pass --engine onnx or auto")
         return OnnxEngine(OnnxModel(model, serving=True))
-    if engine != "torch" and isinstance(model, (str, Path)):
-        try:
-            return OnnxEngine(OnnxModel(exported_beside(model), serving=True))
-        except TlearnError as e:
-            if engine == "onnx":
-                raise
-            print(f"tlearn: serving with PyTorch: no verified ONNX export ({e})")
-    elif engine == "onnx":
-        raise TlearnError("--engine onnx needs a run folder, a model file or an .onnx file")
+    if engine == "onnx":
+        if not isinstance(model, (str, Path)):
+            raise TlearnError("engine onnx needs a run folder, a model file or an .onnx file")
+        return OnnxEngine(OnnxModel(exported_beside(model), serving=True))
     loaded = model if isinstance(model, Model) else load(model)
     device = pick_device("cpu")
     chosen = pick_precision(device, precision)

@@ -188,8 +188,8 @@ def add_ship_commands(sub) -> None:
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument(
         "--engine", default="auto", choices=("auto", "torch", "onnx"),
-        help="auto: onnxruntime (faster here), from the run's verified model.onnx, exported once "
-        "if missing; torch: tlearn's PyTorch inference",
+        help="auto: onnxruntime for an .onnx file, else tlearn's PyTorch inference (faster "
+        "here); onnx: the run's verified model.onnx, exported once if missing",
     )  # fmt: skip
     srv.add_argument("--max-batch", type=int, default=32, help="images per batch at most")
     srv.add_argument(

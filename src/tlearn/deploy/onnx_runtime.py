@@ -31,7 +31,8 @@ class OnnxModel:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        if serving:  # idle pool threads spinning would take the cores that decode uploads
+        if serving:  # spinning pool threads took the cores that decode uploads: 2.0 against
+            # 4.9 requests/s at concurrency 1 in benchmarks/serve.py on the shared 2-core machine
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(
