@@ -44,20 +44,21 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def _engine_worker(kind: str, path: str, requests, answers) -> None:
-    """One engine in a process of its own (thread pools and allocators are process-wide), run
-    from a thread other than the main one, as the server's batcher runs it: on this shared
-    machine PyTorch's 2-thread OpenMP team ran 25-70x slower when called from the main thread
-    than from another (a barrier waiting on a descheduled partner, it seems)."""
-    worker = threading.Thread(target=_engine_loop, args=(kind, path, requests, answers))
-    worker.start()
-    worker.join()
-
-
-def _engine_loop(kind: str, path: str, requests, answers) -> None:
+    """One engine in a process of its own (thread pools and allocators are process-wide), built
+    in the main thread and run from another, exactly as `tlearn serve` builds and runs it. (On
+    this shared machine, where that happens mattered: PyTorch at batch 1 ran 0.3-2.6 images/s
+    when run from the main thread and 60-75 from a second thread, a 2-thread OpenMP team
+    waiting on a descheduled partner, it seems.)"""
     tune_allocator()
     engine = OnnxEngine(OnnxModel(path, serving=True)) if kind == "onnxruntime" else None
     engine = engine or serving_engine(path, "torch")
     answers.put(engine.name)
+    worker = threading.Thread(target=_engine_loop, args=(engine, requests, answers))
+    worker.start()
+    worker.join()
+
+
+def _engine_loop(engine, requests, answers) -> None:
     rng = np.random.default_rng(0)
     size = engine.input_preprocessing.input_size
     while (job := requests.get()) is not None:
