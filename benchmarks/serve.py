@@ -169,11 +169,11 @@ def write(result: dict, name: str) -> None:
         "| engine | batch 1 images/s | batch 32 images/s |",
         "|---|---:|---:|",
     ]
-    for name in ("onnxruntime", "pytorch"):
+    for kind in ("onnxruntime", "pytorch"):
         label = (
-            f"tlearn PyTorch inference ({e['pytorch']['engine']})" if name == "pytorch" else name
+            f"tlearn PyTorch inference ({e['pytorch']['engine']})" if kind == "pytorch" else kind
         )
-        one, many = (e[name][f"batch {b}"]["images_per_s"] for b in (1, 32))
+        one, many = (e[kind][f"batch {b}"]["images_per_s"] for b in (1, 32))
         lines.append(f"| {label} | {one:,} | {many:,} |")
     lines += ["", f"served engine: {result['served_engine']}", "",
               "| mode | concurrency | requests | requests/s | p50 ms | p99 ms | mean batch |",
