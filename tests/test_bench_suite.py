@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -120,3 +121,15 @@ def test_baseline_feature_path_on_tiny_images(make_image_folder):
     assert train_x.shape == (18, 1280) and train_y[:6] == ["a"] * 6
     result = baseline.fit_and_score(train_x, train_y, baseline.features(model, test, 8, 0), test_y)
     assert result["folds"] == 5 and result["test_accuracy"] == 1.0 and result["C"] > 0
+
+
+def test_fastai_compare_reads_an_image_folder(make_image_folder):
+    """The fastai side's items for a folder (fastai itself is not installed here)."""
+    compare = _load("fastai_compare")
+    data = make_image_folder(classes=("a", "b"), n=4, layout="split")
+    shutil.copytree(data / "val", data / "test")
+    items = compare.load_folder(data, train_limit=None, test_limit=None, seed=0)
+    assert len(items["train_items"]) == 8 + 4 and len(items["val_items"]) == 4
+    assert items["classes"] == ["a", "b"] and len(items["test_items"]) == 4
+    assert all(items["get_y"](p) == p.parent.name for p in items["test_items"])
+    assert not set(items["test_items"]) & set(items["train_items"])
