@@ -298,6 +298,7 @@ def run_suite(
     todo = pending(record, names, methods, force)
     log(f"{len(todo)} cell(s) to run of {len(names) * len(methods)}")
     by_name = dict(zip(names, datasets, strict=True))
+    commit = git_commit()  # the code the cells run: taken once, before they run
     for name, method in todo:
         run_dir = work / name / method.name
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -313,7 +314,7 @@ def run_suite(
             **cell,
             "load_avg_1m": load.summary(),
             "finished_at": now(),
-            "commit": git_commit(),
+            "commit": commit,
         }
         record["cells"][cell_key(name, method.name)] = cell
         save(record, out)
