@@ -65,11 +65,11 @@ def epochs_csv(run: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def one_dataset(data: Path, work: Path, log) -> list[dict]:
+def one_dataset(data: Path, work: Path, rows: list[dict], save) -> None:
+    """Append a row per combination to `rows`, calling `save()` after each."""
     import tlearn
 
     val_tree, test_tree = trees(data, work)
-    rows = []
     for features, head, epochs in itertools.product(FEATURES, HEADS, EPOCHS):
         options = dict(
             strategy="linear-probe",
@@ -102,9 +102,8 @@ def one_dataset(data: Path, work: Path, log) -> list[dict]:
             "train_wall_s": round(train_s, 1),
             "load_avg_1m": round(os.getloadavg()[0], 2),
         }
-        log(json.dumps(row))
         rows.append(row)
-    return rows
+        save()
 
 
 def render(rows: list[dict], notes: list[str]) -> str:
@@ -147,12 +146,16 @@ def main() -> None:
     sys.path.insert(0, str(SRC))
     work = Path(tempfile.mkdtemp(prefix="tlearn-probe-"))
     os.environ["TLEARN_CACHE_DIR"] = str(work / "cache")  # a private feature cache
-    rows = []
-    for data in args.datasets:
-        rows += one_dataset(data.resolve(), work, lambda line: print(line, flush=True))
+    rows: list[dict] = []
+
+    def save() -> None:
+        print(json.dumps(rows[-1]), flush=True)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "probe_choices.json").write_text(json.dumps({"rows": rows}, indent=1) + "\n")
         (args.out / "probe_choices.md").write_text(render(rows, args.note))
+
+    for data in args.datasets:
+        one_dataset(data.resolve(), work, rows, save)
     print(render(rows, args.note))
 
 

@@ -404,7 +404,11 @@ def render_markdown(record: dict) -> str:
     methods = list(dict.fromkeys(c["method"] for c in cells.values()))
     lines = ["# Benchmark suite (`python benchmarks/suite.py`)", ""]
     lines += [f"> {note}" for note in record.get("notes", [])] + [""] * bool(record.get("notes"))
-    lines += ["Test accuracy in wall seconds (training command; the baseline end to end).", ""]
+    lines += [
+        "Each cell: test accuracy, in the wall time of the training command (tlearn "
+        "train; the baseline's and fastai's whole script, test score included).",
+        "",
+    ]
     lines += ["| dataset (train / val / test images) | " + " | ".join(methods) + " |"]
     lines += ["|---|" + "---|" * len(methods)]
     for name, info in datasets.items():
