@@ -24,6 +24,7 @@ class Splits:
     train: ImageSource
     val: ImageSource | None
     classes: list[str]
+    validation: str = ""  # where validation came from, in words, for the training log
 
 
 def load_train_splits(
@@ -37,8 +38,11 @@ def load_train_splits(
 ) -> Splits:
     """Training and validation sources for a spec (folder, CSV or built-in name).
 
-    A folder with `train/` and `val/` (or `test/`) uses them as they are; anything else is split
-    by `val_split`. `train_limit` and `eval_limit` then take stratified subsets of each.
+    A folder with `train/` and `val/` uses them as they are; anything else, a `train/` with only
+    a `test/` beside it included, is split by `val_split`. `test/` is never validated on: the
+    best epoch, a budget refit and every automatic choice are made on validation, and a score
+    on images that made the choices is no longer a test score. `tlearn evaluate` scores `test/`.
+    `train_limit` and `eval_limit` then take stratified subsets of each.
     """
     if not 0 <= val_split < 1:
         raise TlearnError(f"--val-split must be at least 0 and below 1, not {val_split}.")
@@ -47,17 +51,21 @@ def load_train_splits(
 
     name = builtin_name(spec)
     val: ImageSource | None
+    whole, test_left = "the training set", ""  # for the log line: where validation came from
     if name is not None:
         train, val = _split(load_builtin(name, "train", data_root), val_split, seed)
+        whole, test_left = f"{name}'s training set", f", {name}'s test set left for evaluate"
     else:
         path = _existing(spec)
         if path.is_dir() and (path / "train").is_dir():
             train = FolderSource.from_class_folders(path / "train")
-            held_out = _first_dir(path, ("val", "test"))
-            if held_out is not None:
-                val = FolderSource.from_class_folders(held_out, classes=train.classes)
+            whole = "train/"
+            if (path / "val").is_dir():
+                val = FolderSource.from_class_folders(path / "val", classes=train.classes)
+                whole = ""
             else:
                 train, val = _split(train, val_split, seed)
+                test_left = ", test/ left for evaluate" if (path / "test").is_dir() else ""
         elif path.is_dir():
             train, val = _split(FolderSource.from_class_folders(path), val_split, seed)
         else:
@@ -67,7 +75,22 @@ def load_train_splits(
         train = _limit(train, train_limit, seed)
     if val is not None and eval_limit is not None:
         val = _limit(val, eval_limit, seed)
-    return Splits(train=train, val=val, classes=list(train.classes))
+    return Splits(
+        train=train,
+        val=val,
+        classes=list(train.classes),
+        validation=_validation_origin(val, val_split, seed, whole, test_left),
+    )
+
+
+def _validation_origin(
+    val: ImageSource | None, val_split: float, seed: int, whole: str, test_left: str
+) -> str:
+    """`whole` is what was split ("" when validation is the folder's own `val/`)."""
+    if val is None:
+        return "none (--val-split 0)" if val_split == 0 else "none (no image to spare for it)"
+    origin = f"{val_split * 100:g}% of {whole} (stratified, seed {seed})" if whole else "val/"
+    return f"{origin}, {len(val)} images{test_left}"
 
 
 def load_eval_source(

@@ -251,6 +251,7 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
     autocast = autocast_factory(device, precision)
 
     splits = load_run_splits(cfg)
+    log(f"validation: {splits.validation}")
     if cfg.strict:
         refuse_unreadable(splits, log)
     run_dir = prepare_run_dir(cfg.out, cfg.data)
