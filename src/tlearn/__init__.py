@@ -6,8 +6,17 @@ model.evaluate("fashion-mnist").accuracy
 model.save("fm.safetensors"); tlearn.load("fm.safetensors").predict(["a.png"])
 """
 
-from tlearn.api import Model, Prediction, load, lr_find, train
+from tlearn.api import Model, Prediction, doctor, load, lr_find, train
 from tlearn.errors import TlearnError
 
 __version__ = "0.1.0"
-__all__ = ["Model", "Prediction", "TlearnError", "load", "lr_find", "train", "__version__"]
+__all__ = [
+    "Model",
+    "Prediction",
+    "TlearnError",
+    "doctor",
+    "load",
+    "lr_find",
+    "train",
+    "__version__",
+]
