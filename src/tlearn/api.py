@@ -10,8 +10,8 @@ import torch
 
 from tlearn.checkpoint import ModelSpec, read_model_file, save_model
 from tlearn.config import TrainConfig
-from tlearn.errors import TlearnError
 from tlearn.doctor import DoctorResult, run_doctor
+from tlearn.errors import TlearnError
 from tlearn.evaluation import Report, compute_report
 from tlearn.models import Classifier, build_fusion, build_head, create_backbone
 from tlearn.models.normalize import NormalizedBackbone

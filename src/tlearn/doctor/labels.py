@@ -47,14 +47,13 @@ def out_of_fold_probabilities(
 ) -> tuple[np.ndarray, int]:
     """[N, C] probabilities, each row from a logistic regression that never saw it.
 
-    Features are standardised on each training fold (stage features mix scales), and the
+    Features are standardised (stage features mix scales) and projected without labels
+    (`_reduced`; principal components are not whitened, so noise directions stay small), and the
     regularisation is strong (C = 0.05): with thousands of feature columns and a few thousand
     images a weak one fits the noise it is meant to expose.
     """
     _, linear_model = require_extra()
     from sklearn.model_selection import StratifiedKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     present, counts = np.unique(labels, return_counts=True)
     k = int(min(folds, counts.min()))
@@ -67,9 +66,7 @@ def out_of_fold_probabilities(
     probs = np.zeros((len(labels), num_classes), dtype=np.float64)
     splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     for fit_rows, score_rows in splitter.split(features, labels):
-        probe = make_pipeline(
-            StandardScaler(), linear_model.LogisticRegression(C=PROBE_C, max_iter=300)
-        )
+        probe = linear_model.LogisticRegression(C=PROBE_C, max_iter=300)
         probe.fit(features[fit_rows], labels[fit_rows])
         probs[np.ix_(score_rows, probe.classes_)] = probe.predict_proba(features[score_rows])
     return probs, k
