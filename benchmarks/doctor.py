@@ -31,9 +31,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def inject(root: Path, seed: int) -> dict:
-    """Faults in root/train, and what they are (file names relative to root)."""
+    """Faults in root/train, each file named after what was done to it (`zz_flip_...`)."""
     rng = np.random.default_rng(seed)
-    train = root / "train"
+    train = root / "train"  # names say what was done to a file: `truth_from_names` reads them
     classes = sorted(d.name for d in train.iterdir() if d.is_dir())
     files = sorted(p for p in train.rglob("*") if p.is_file())
     order = rng.permutation(len(files))
@@ -77,6 +77,27 @@ def inject(root: Path, seed: int) -> dict:
         data = src.read_bytes()
         dst.write_bytes([b"", data[: len(data) // 3], b"<html>not an image</html>"][k % 3])
         truth["corrupt"].append(str(dst))
+    return truth
+
+
+def truth_from_names(noisy: Path, clean: Path) -> dict:
+    """The injected faults, read back from the names `inject` gave them (so a run can resume)."""
+    truth: dict = {"flip": [], "exact": [], "near": [], "leak": [], "corrupt": []}
+    for p in sorted((noisy / "train").rglob("zz_*")):
+        name = p.name
+        if name.startswith("zz_dup_"):
+            truth["exact"].append((str(p), str(p.with_name(name[7:]))))
+        elif name.startswith("zz_near_"):
+            stem = name[8:-4]
+            src = next(q for q in p.parent.iterdir() if q.stem == stem and q != p)
+            truth["near"].append((str(p), str(src)))
+        elif name.startswith("zz_leak_"):
+            truth["leak"].append((str(p), str(noisy / "test" / p.parent.name / name[8:])))
+        elif name.startswith("zz_flip_"):
+            original = next((clean / "train").glob(f"*/{name[8:]}"))
+            truth["flip"].append((str(p), original.parent.name))
+        elif name.startswith("zz_bad_"):
+            truth["corrupt"].append(str(p))
     return truth
 
 
@@ -126,38 +147,50 @@ def main() -> int:
     p.add_argument("--work", default="/tmp/tlearn-doctor-bench")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-train", action="store_true", help="skip the three training runs")
+    p.add_argument("--no-warm", action="store_true", help="skip the second (warm-cache) run")
+    p.add_argument(
+        "--reuse", action="store_true", help="keep --work's copies, faults and doctor findings"
+    )
     args = p.parse_args()
     work = Path(args.work)
-    shutil.rmtree(work, ignore_errors=True)
     clean, noisy = work / "clean", work / "noisy"
-    for dst in (clean, noisy):
-        shutil.copytree(args.data, dst, ignore=shutil.ignore_patterns(".*"))
-    truth = inject(noisy, args.seed)
+    if not args.reuse:
+        shutil.rmtree(work, ignore_errors=True)
+        for dst in (clean, noisy):
+            shutil.copytree(args.data, dst, ignore=shutil.ignore_patterns(".*"))
+        inject(noisy, args.seed)
+    truth = truth_from_names(noisy, clean)
     started = time.perf_counter()
-    result = tlearn.doctor(str(noisy), backbone=args.backbone, image_size=args.image_size,
-                           out=work / "doctor", log=lambda s: None)  # fmt: skip
+    result = None
+    if not (args.reuse and (work / "doctor" / "issues.csv").is_file()):
+        result = tlearn.doctor(str(noisy), backbone=args.backbone, image_size=args.image_size,
+                               out=work / "doctor", log=lambda s: None)  # fmt: skip
     seconds = time.perf_counter() - started
-    warm = time.perf_counter()
-    tlearn.doctor(str(noisy), backbone=args.backbone, image_size=args.image_size,
-                  out=work / "doctor-warm", log=lambda s: None)  # fmt: skip
-    warm = time.perf_counter() - warm
+    warm = None
+    if not args.no_warm:
+        warm = time.perf_counter()
+        tlearn.doctor(str(noisy), backbone=args.backbone, image_size=args.image_size,
+                      out=work / "doctor-warm", log=lambda s: None)  # fmt: skip
+        warm = round(time.perf_counter() - warm, 1)
     with open(work / "doctor" / "issues.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     record = {
         "data": args.data, "backbone": args.backbone, "image_size": args.image_size,
-        "images": result.images, "seconds_cold": round(seconds, 1), "seconds_warm": round(warm, 1),
-        "stages": {k: round(v, 1) for k, v in result.seconds.items()},
-        "threshold": result.threshold.combined, "calibration_copies": result.threshold.copies,
+        "images": result.images if result else None,
+        "seconds": round(seconds, 1) if result else None, "seconds_warm": warm,
+        "stages": {k: round(v, 1) for k, v in result.seconds.items()} if result else None,
+        "threshold": result.threshold.combined if result else None,
+        "calibration_copies": result.threshold.copies if result else None,
         "injected": {k: len(v) for k, v in truth.items()}, "machine": platform.processor(),
         **score(rows, truth),
     }  # fmt: skip
     if not args.no_train:
-        acc = {
-            "clean": train_and_score(clean, work / "run-clean", None, args),
+        acc = {  # the noisy runs first: their features are the doctor's, from the cache
             "noisy": train_and_score(noisy, work / "run-noisy", None, args),
             "cleaned": train_and_score(
                 noisy, work / "run-cleaned", work / "doctor" / "issues.csv", args
             ),
+            "clean": train_and_score(clean, work / "run-clean", None, args),
         }
         record["accuracy"] = acc
         lost = acc["clean"] - acc["noisy"]
@@ -169,15 +202,22 @@ def main() -> int:
     return 0
 
 
+def _timing(r: dict) -> str:
+    if r["images"] is None:
+        return "Findings read from an earlier doctor run of the same copy (`--reuse`)."
+    return (
+        f"{r['images']} images, {r['backbone']} at {r['image_size'] or 'its own'} px: "
+        f"{r['seconds']} s (stages: {r['stages']}; second run: {r['seconds_warm']} s) on a "
+        "2-core machine shared with other jobs, so times are noisy. Near-copy threshold "
+        f"{r['threshold']:.3f} (calibrated on {r['calibration_copies']} generated copies)."
+    )
+
+
 def markdown(r: dict) -> str:
     lines = [
         f"# tlearn doctor on {r['data']} with injected faults",
         "",
-        f"{r['images']} images, {r['backbone']} at {r['image_size'] or 'its own'} px; "
-        f"cold cache {r['seconds_cold']} s, warm {r['seconds_warm']} s (stages: {r['stages']}) on "
-        "a 2-core machine shared with other jobs: times are noisy.",
-        f"Near-copy threshold {r['threshold']:.3f} (calibrated on {r['calibration_copies']} "
-        "generated copies).",
+        _timing(r),
         "",
         "| fault | injected | found | target |",
         "|---|---|---|---|",
