@@ -41,7 +41,7 @@ def write_page(path: Path, result, catalog: Catalog, data: str) -> Path:
         f"<!doctype html><html><head><meta charset='utf-8'><title>tlearn doctor: "
         f"{_e(data)}</title><style>{_STYLE}</style></head><body>",
         f"<h1>tlearn doctor: {_e(data)}</h1>",
-        f"<p>{result.images} images; the backbone's input is checked at its own size. "
+        f"<p>{result.images} images. "
         "Nothing in the data was changed. Review the findings, delete the rows of "
         "<code>issues.csv</code> you disagree with, then <code>tlearn train DATA --exclude "
         "issues.csv</code>.</p>",
