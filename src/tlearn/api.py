@@ -10,12 +10,15 @@ import torch
 
 from tlearn.checkpoint import ModelSpec, read_model_file, save_model
 from tlearn.config import TrainConfig
+from tlearn.doctor import DoctorResult, run_doctor
 from tlearn.errors import TlearnError
 from tlearn.evaluation import Report, compute_report
 from tlearn.models import Classifier, build_fusion, build_head, create_backbone
 from tlearn.models.normalize import NormalizedBackbone
 from tlearn.preprocessing import Preprocessing, model_input
+from tlearn.training.frozen import FrozenFeatures
 from tlearn.training.runtime import (
+    default_workers,
     inference_batch_size,
     inference_module,
     pick_device,
@@ -341,3 +344,36 @@ def serve(
     )
     log(f"model: {len(chosen.classes)} classes, engine {chosen.name}")
     run_server(app, host, port, log=log)
+
+
+def doctor(
+    data: str,
+    *,
+    backbone: str = "tf_efficientnet_lite0",
+    weights: str = "auto",
+    image_size: int | None = None,
+    out: str | Path | None = None,
+    data_root: str | None = None,
+    folds: int = 5,
+    seed: int = 0,
+    device: str = "auto",
+    workers: int | None = None,
+    cache_dir: str | None = None,
+    cache: bool = True,
+    log: Any = print,
+) -> DoctorResult:
+    """Check a dataset (any spec `train` accepts) for bad files, copies, leakage, label errors,
+    outliers and imbalance; writes `out/issues.csv` and `out/doctor.html`, changes no data.
+
+    `folds=0` skips the label and outlier checks (no cleanlab needed). The package
+    `tlearn.doctor` holds the checks; importing this function after it keeps the name
+    `tlearn.doctor` bound to the function (`tlearn/__init__.py` imports the API last).
+    """
+    extractor = FrozenFeatures(
+        backbone, weights=weights, image_size=image_size, device=device, workers=workers,
+        cache_dir=cache_dir, cache=cache, log=log,
+    )  # fmt: skip
+    return run_doctor(
+        data, extractor, out=out, data_root=data_root, folds=folds, seed=seed, log=log,
+        workers=default_workers() if workers is None else workers,
+    )  # fmt: skip

@@ -169,6 +169,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_options(comp)
     comp.add_argument("--test-limit", type=int, default=None, help="score on N test images")
     add_ship_commands(sub)
+
+    doc = sub.add_parser(
+        "doctor", help="find bad files, copies, train/test leakage, label errors and imbalance"
+    )
+    doc.add_argument("data", help="dataset spec, as for train (every split is checked)")
+    doc.add_argument("--backbone", default="tf_efficientnet_lite0", help="frozen feature network")
+    doc.add_argument("--weights", default="auto", help="as for train")
+    doc.add_argument("--image-size", type=int, default=None, help="input resolution")
+    doc.add_argument("--out", default=None, help="folder for issues.csv and doctor.html")
+    doc.add_argument("--data-root", default=None)
+    doc.add_argument(
+        "--folds", type=int, default=5, help="cross-validation folds of the label probe (0: skip)"
+    )
+    doc.add_argument("--seed", type=int, default=0)
+    doc.add_argument("--device", default="auto")
+    doc.add_argument("--workers", type=int, default=None)
+    doc.add_argument("--cache-dir", default=None)
+    doc.add_argument("--no-cache", dest="cache", action="store_false")
     return parser
 
 
@@ -382,6 +400,18 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_doctor(args: argparse.Namespace) -> int:
+    import tlearn.api
+
+    options = vars(args).copy()
+    options.pop("command")
+    if options["folds"] < 0 or options["folds"] == 1:
+        raise TlearnError("--folds must be 0 (skip the label check) or at least 2")
+    result = tlearn.api.doctor(options.pop("data"), **options)
+    print(result.summary())
+    return 0
+
+
 COMMANDS = {
     "train": run_train,
     "evaluate": run_evaluate,
@@ -393,6 +423,7 @@ COMMANDS = {
     "compare": run_compare,
     "export": run_export,
     "serve": run_serve,
+    "doctor": run_doctor,
 }
 
 

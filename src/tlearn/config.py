@@ -171,6 +171,11 @@ class TrainConfig:
         None,
         "validate on a stratified subset of N images (default with --train-limit: in proportion)",
     )
+    exclude: str | None = opt(
+        None,
+        "leave out the files listed in this file: issues.csv from `tlearn doctor` (rows whose "
+        "action is exclude) or one path per line",
+    )
     data_root: str | None = opt(None, "folder holding torchvision datasets (offline use)")
     seed: int = opt(0, "random seed for splits, initialisation and order")
     out: str | None = opt(None, "run folder (default: runs/<data>-<time>)")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tlearn.data.builtin import BUILTIN_DATASETS, builtin_name, load_builtin
+from tlearn.data.exclude import apply_exclude
 from tlearn.data.sources import CsvSource, FolderSource, ImageSource, SubsetSource
 from tlearn.errors import TlearnError
 
@@ -35,6 +36,7 @@ def load_train_splits(
     seed: int = 0,
     train_limit: int | None = None,
     eval_limit: int | None = None,
+    exclude: str | None = None,
 ) -> Splits:
     """Training and validation sources for a spec (folder, CSV or built-in name).
 
@@ -42,7 +44,9 @@ def load_train_splits(
     a `test/` beside it included, is split by `val_split`. `test/` is never validated on: the
     best epoch, a budget refit and every automatic choice are made on validation, and a score
     on images that made the choices is no longer a test score. `tlearn evaluate` scores `test/`.
-    `train_limit` and `eval_limit` then take stratified subsets of each.
+    The files `exclude` lists (`tlearn doctor`'s issues.csv) are then left out, after the
+    split so that the remaining files keep their side of it, and `train_limit` and `eval_limit`
+    take stratified subsets of each.
     """
     if not 0 <= val_split < 1:
         raise TlearnError(f"--val-split must be at least 0 and below 1, not {val_split}.")
@@ -71,6 +75,7 @@ def load_train_splits(
         else:
             train, val = _split(CsvSource(path), val_split, seed)
 
+    train, val = apply_exclude(train, val, exclude)
     if train_limit is not None:
         train = _limit(train, train_limit, seed)
     if val is not None and eval_limit is not None:
