@@ -11,8 +11,9 @@ import torch
 from tlearn.checkpoint import ModelSpec, read_model_file, save_model
 from tlearn.config import TrainConfig
 from tlearn.errors import TlearnError
-from tlearn.evaluation import Report, compute_report
+from tlearn.evaluation import Report, calibration_summary, compute_report
 from tlearn.models import Classifier, build_fusion, build_head, create_backbone
+from tlearn.models.calibration import temperature_off
 from tlearn.models.normalize import NormalizedBackbone
 from tlearn.preprocessing import Preprocessing, model_input
 from tlearn.training.runtime import (
@@ -69,10 +70,13 @@ class Model:
         workers: int | None = None,
         seed: int = 0,
         tta: bool = False,
+        calibration: bool = True,
     ) -> Report:
         """Score on data: built-in sets use the official test split, folders their test part.
 
         `tta`: average flipped and multi-crop views of each image (`tlearn.deploy.tta`).
+        `calibration=False`: the raw logits, without the temperature fitted after training.
+        The report's `.predictions` and `.source` keep each image's logits, for `tlearn.report`.
         """
         from tlearn.data import load_eval_source
         from tlearn.training import loop
@@ -92,8 +96,9 @@ class Model:
 
             classifier, pre = model_tta(classifier, pre, self.spec.config)
         loader = image_loader(source, pre, cfg, train=False)
-        runner, dtype, autocast = inference_module(classifier, dev, chosen, pre.input_size)
-        pred = loop.predict_all(runner, loader, dev, autocast, "evaluate", dtype=dtype)
+        with temperature_off(self.classifier, not calibration):
+            runner, dtype, autocast = inference_module(classifier, dev, chosen, pre.input_size)
+            pred = loop.predict_all(runner, loader, dev, autocast, "evaluate", dtype=dtype)
         self.classifier.cpu()
         if len(pred.labels) == 0:
             raise TlearnError(f"no image of {data} could be decoded: check the files")
@@ -107,6 +112,11 @@ class Model:
         )
         if tta:
             report.extra["tta_views"] = classifier.num_views
+        t = self.spec.temperature
+        applied = calibration and t != 1.0 and not tta  # TTA averages log-probabilities
+        raw = pred.logits * t if applied else pred.logits
+        report.calibration = calibration_summary(raw, pred.labels, t, applied)
+        report.predictions, report.source = pred, source  # type: ignore[attr-defined]
         return report
 
     def predict(
@@ -116,15 +126,18 @@ class Model:
         batch_size: int = 64,
         *,
         tta: bool = False,
+        calibration: bool = True,
     ) -> list[Prediction]:
         """Top-k labels for image files and folders; files that fail to decode are skipped.
 
         `tta`: average flipped and multi-crop views of each image (`tlearn.deploy.tta`).
+        `calibration=False`: probabilities without the temperature fitted after training.
         """
         from tlearn.deploy.predict import predict_paths
 
         paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
-        return predict_paths(self, paths, topk=topk, batch_size=batch_size, tta=tta)
+        with temperature_off(self.classifier, not calibration):
+            return predict_paths(self, paths, topk=topk, batch_size=batch_size, tta=tta)
 
     def save(self, path: str | Path) -> Path:
         return save_model(path, self.classifier, self.spec)
@@ -234,4 +247,6 @@ def build_from_spec(spec: ModelSpec) -> Classifier:
         dropout=float(spec.head.get("dropout", 0.5)),
         input_norm=bool(spec.head.get("input_norm", False)),
     )
-    return Classifier(backbones, head, fusion).to(memory_format=torch.channels_last).eval()
+    classifier = Classifier(backbones, head, fusion).to(memory_format=torch.channels_last).eval()
+    classifier.temperature = spec.temperature  # fitted after training; 1.0 in older files
+    return classifier
