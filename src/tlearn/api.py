@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from tlearn.checkpoint import ModelSpec, read_model_file, save_model
@@ -142,6 +143,26 @@ class Model:
     def save(self, path: str | Path) -> Path:
         return save_model(path, self.classifier, self.spec)
 
+    def report(self, data: str, out: str | Path | None = None, **evaluate: Any) -> Path:
+        """Evaluate on `data` and write report.html with its figures to `out` (default: the run
+        folder); `evaluate` takes `evaluate`'s options. Returns the page's path."""
+        from tlearn.report import write_report  # matplotlib: only for commands that draw
+
+        if out is None and self.run_dir is None:
+            raise TlearnError("this model has no run folder: say where the report goes (--report)")
+        result = self.evaluate(data, **evaluate)
+        counts = split_counts(self.spec.config) if self.run_dir is not None else {}
+        return write_report(out or self.run_dir, self, result, self.run_dir, split_counts=counts)
+
+    def explain(self, images: str | Path | list[str | Path], out: str | Path, topk: int = 3,
+                calibration: bool = True) -> list[Any]:  # fmt: skip
+        """Top-k labels and a Grad-CAM heat map per image, one PNG each in `out`."""
+        from tlearn.report.explain import explain_images
+
+        paths = [images] if isinstance(images, (str, Path)) else list(images)
+        with temperature_off(self.classifier, not calibration):
+            return explain_images(self, paths, Path(out), topk=topk)
+
 
 def train(
     data: str | None = None,
@@ -169,7 +190,54 @@ def train(
         result = fit(resume_config(resume, values), log=log, resume=True)
     else:
         result = fit(TrainConfig.from_dict(values), log=log)
-    return Model(result.model, result.spec, result.run_dir)
+    model = Model(result.model, result.spec, result.run_dir)
+    run_report(result.run_dir, log)
+    return model
+
+
+def run_report(run: str | Path, log: Any = print, data: str | None = None) -> Path | None:
+    """report.html for a run folder: its best model on the held-out part of its data.
+
+    A run that trained but cannot be scored (no held-out images) says why and keeps its files.
+    """
+    model = load(run)
+    cfg = model.spec.config
+    try:
+        path = model.report(
+            data or cfg["data"],
+            data_root=cfg.get("data_root"),
+            eval_limit=cfg.get("eval_limit"),
+            batch_size=cfg.get("batch_size"),
+            device=cfg.get("device", "auto"),
+            workers=cfg.get("workers"),
+            seed=int(cfg.get("seed", 0)),
+            calibration=bool(cfg.get("calibration", True)),
+        )
+    except TlearnError as e:
+        log(f"report not written: {e}")
+        return None
+    log(f"report {path}")
+    if cfg.get("tensorboard"):
+        from tlearn.report.tensorboard import log_report
+
+        log_report(Path(run) / "tb", path.parent)
+    return path
+
+
+def split_counts(config: dict[str, Any]) -> dict[str, list[int]]:
+    """Images per class in the run's train and val splits, as training drew them ({} if the
+    data is not where it was)."""
+    from tlearn.training.trainer import load_run_splits
+
+    try:
+        splits = load_run_splits(TrainConfig.from_dict(dict(config)))
+    except (TlearnError, TypeError, ValueError, KeyError):
+        return {}
+    n = len(splits.classes)
+    counts = {"train": np.bincount(splits.train.targets, minlength=n).tolist()}
+    if splits.val is not None:
+        counts["val"] = np.bincount(splits.val.targets, minlength=n).tolist()
+    return counts
 
 
 def lr_find(
