@@ -73,7 +73,7 @@ def reliability(probabilities: Tensor, labels: Tensor, bins: int = 15) -> Reliab
     confidence, predicted = probabilities.max(1)
     correct = (predicted == labels).double()
     edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
-    which = torch.bucketize(confidence, edges[1:-1], right=True)  # (lo, hi]; 0 goes to bin 0
+    which = torch.bucketize(confidence, edges[1:-1])  # bins (lo, hi]; a 0 goes to the first
     counts = torch.bincount(which, minlength=bins)
     conf_sum = torch.bincount(which, weights=confidence, minlength=bins)
     acc_sum = torch.bincount(which, weights=correct, minlength=bins)

@@ -102,10 +102,15 @@ def _class_ticks(ax: Any, classes: Sequence[str]) -> None:
 def confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: Path,
               normalized: bool = False) -> Path:  # fmt: skip
     """The confusion matrix as a heat map (rows: true class); row-normalised with `normalized`."""
+    return _save(confusion_figure(matrix, classes, normalized), path)
+
+
+def confusion_figure(matrix: Sequence[Sequence[int]], classes: Sequence[str],
+                     normalized: bool = False) -> Any:  # fmt: skip
     counts = np.asarray(matrix, dtype=np.float64)
     n = len(classes)
     values = counts / np.maximum(counts.sum(1, keepdims=True), 1) if normalized else counts
-    side = float(np.clip(0.32 * n + 2.5, 4.5, 18))
+    side = float(np.clip(0.2 * n + 3, 4.5, 16))
     fig, ax = plt.subplots(figsize=(side + 1.2, side))
     image = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalized else None)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
@@ -117,12 +122,9 @@ def confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: Pat
                 ax.text(j, i, text, ha="center", va="center", fontsize=8 if n <= 10 else 6,
                         color="white" if values[i, j] > 0.6 * top else "black")  # fmt: skip
     _class_ticks(ax, classes)
-    ax.set(
-        xlabel="predicted",
-        ylabel="true",
-        title="confusion matrix, row-normalised" if normalized else "confusion matrix, counts",
-    )
-    return _save(fig, path)
+    ax.set(xlabel="predicted", ylabel="true",
+           title="confusion matrix, row-normalised" if normalized else "confusion matrix, counts")
+    return fig
 
 
 def reliability_diagram(before: dict, after: dict, temperature: float, path: Path) -> Path:
