@@ -83,7 +83,8 @@ def test_training_stores_a_temperature_in_best_and_last(run):
         spec, _ = read_model_file(run_dir / name)
         assert spec.temperature > 0 and spec.temperature != 1.0
         assert spec.calibration["images"] == 12
-    assert model.classifier.temperature == read_model_file(run_dir / "last.safetensors")[0].temperature
+    last, _ = read_model_file(run_dir / "last.safetensors")
+    assert model.classifier.temperature == last.temperature
 
 
 def test_temperature_scales_probabilities_not_predictions(run):

@@ -52,7 +52,8 @@ def test_train_writes_the_report_with_its_figures_beside(run):
         assert f"<h2>{section}</h2>" in page
     # self-contained: every picture is embedded, nothing is fetched
     sources = re.findall(r'<img[^>]* src="([^"]*)"', page)
-    assert len(sources) >= len(FIGURES) + 2 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert len(sources) >= len(FIGURES) + 2
+    assert all(s.startswith("data:image/png;base64,") for s in sources)
     assert "http://" not in page and "https://" not in page and "<script" not in page
     assert "really_an_owl.png" in page and "really_a_cat.png" in page  # the mistakes gallery
     assert sorted(run_dir.glob("mistake_*_cam.png"))  # with Grad-CAM heat maps
@@ -83,8 +84,9 @@ def test_tensorboard_missing_is_one_sentence(tmp_path, monkeypatch):
 
 
 def test_report_in_a_browser_shows_what_evaluate_json_says(run, capsys):
-    from browser import artifact_dir, broken_images, chromium
     from selenium.webdriver.common.by import By
+
+    from browser import artifact_dir, broken_images, chromium
 
     data, run_dir, _ = run
     assert main(["evaluate", str(run_dir), str(data), "--json", "--workers", "0"]) == 0
@@ -116,7 +118,8 @@ def test_report_command_rebuilds_and_evaluate_writes_one_anywhere(run, tmp_path,
     model_file = tmp_path / "model.safetensors"
     shutil.copy(run_dir / "best.safetensors", model_file)
     out = tmp_path / "elsewhere"
-    assert main(["evaluate", str(model_file), str(data), "--workers", "0", "--report", str(out)]) == 0
+    args = ["evaluate", str(model_file), str(data), "--workers", "0", "--report", str(out)]
+    assert main(args) == 0
     page = (out / "report.html").read_text()
     assert "<h2>Results</h2>" in page and "<h2>The run</h2>" not in page  # no run folder here
     assert "report " in capsys.readouterr().out

@@ -23,7 +23,7 @@ DPI = 110
 
 
 def _save(fig: Any, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
 
@@ -37,7 +37,7 @@ def _float(value: Any) -> float:
 
 def training_curves(epochs: Sequence[dict], steps: Sequence[dict], path: Path) -> Path:
     """Loss (per step and per epoch, train and val) and validation accuracy against epochs."""
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
     if steps:
         x = _step_positions(steps)
         ax_loss.plot(x, [_float(r["loss"]) for r in steps], lw=0.7, alpha=0.45,
@@ -79,7 +79,7 @@ def _step_positions(steps: Sequence[dict]) -> list[float]:
 
 def lr_schedule(steps: Sequence[dict], path: Path) -> Path:
     """The learning rate at every step (the first parameter group), epochs marked."""
-    fig, ax = plt.subplots(figsize=(11, 3))
+    fig, ax = plt.subplots(figsize=(11, 3), layout="constrained")
     x = _step_positions(steps)
     ax.plot(x, [_float(r["lr"]) for r in steps], color="tab:green")
     ax.set(xlabel="epoch", ylabel="learning rate", title="learning-rate schedule (per step)")
@@ -111,7 +111,7 @@ def confusion_figure(matrix: Sequence[Sequence[int]], classes: Sequence[str],
     n = len(classes)
     values = counts / np.maximum(counts.sum(1, keepdims=True), 1) if normalized else counts
     side = float(np.clip(0.2 * n + 3, 4.5, 16))
-    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    fig, ax = plt.subplots(figsize=(side + 1.2, side), layout="constrained")
     image = ax.imshow(values, cmap="Blues", vmin=0, vmax=1 if normalized else None)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     if n <= 20:  # numbers in cells only where they fit
@@ -122,14 +122,17 @@ def confusion_figure(matrix: Sequence[Sequence[int]], classes: Sequence[str],
                 ax.text(j, i, text, ha="center", va="center", fontsize=8 if n <= 10 else 6,
                         color="white" if values[i, j] > 0.6 * top else "black")  # fmt: skip
     _class_ticks(ax, classes)
-    ax.set(xlabel="predicted", ylabel="true",
-           title="confusion matrix, row-normalised" if normalized else "confusion matrix, counts")
+    ax.set(
+        xlabel="predicted",
+        ylabel="true",
+        title="confusion matrix, row-normalised" if normalized else "confusion matrix, counts",
+    )
     return fig
 
 
 def reliability_diagram(before: dict, after: dict, temperature: float, path: Path) -> Path:
     """Accuracy against confidence per bin, before and after temperature scaling, with ECE."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True, layout="constrained")
     titles = ("before scaling (T = 1)", f"after temperature scaling (T = {temperature:.3f})")
     for ax, rel, title in zip(axes, (before, after), titles, strict=True):
         edges = np.asarray(rel["edges"])

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from tlearn.errors import TlearnError
+from tlearn.models.classifier import Classifier
 
 _POOLING = ("Pool", "Flatten", "Identity", "Dropout")
 
@@ -42,7 +43,10 @@ def target_layer(classifier: nn.Module, input_size: int) -> nn.Module:
     A map of more than 1x1 is preferred: at small inputs a network's last stage can shrink to one
     pixel, which says nothing about where; then the latest larger map is used.
     """
-    backbone = classifier.backbones[0]  # type: ignore[index]
+    inner = next((m for m in classifier.modules() if isinstance(m, Classifier)), None)
+    if inner is None:
+        raise TlearnError("no tlearn classifier inside this model to draw a heat map for")
+    backbone = inner.backbones[0]  # an ensemble's first member's, a fusion's first backbone
     body = getattr(backbone, "body", backbone)
     finished: list[tuple[nn.Module, tuple[int, ...]]] = []
 
