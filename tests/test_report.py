@@ -165,3 +165,12 @@ def test_grad_cam_picks_the_last_convolutional_stage_and_maps_the_input():
     assert target_layer(model, 64) is b.module.layer4
     maps = grad_cam(model, torch.rand(2, 3, 64, 64), [0, 2])
     assert maps.shape == (2, 64, 64) and maps.min() >= 0 and maps.max() <= 1
+
+
+def test_a_split_folder_is_reported_on_its_validation_images(tmp_path, make_image_folder):
+    data = make_image_folder(n=10, layout="flat")  # 20 images, split 80/20 by training
+    tlearn.train(str(data), strategy="linear-probe", epochs=1, val_split=0.2,
+                 out=str(tmp_path / "run"), **FAST)  # fmt: skip
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert "(validation split)" in page
+    assert re.search(r"\b4 images, 2 classes", page)  # the 4 held-out images, not all 20

@@ -72,21 +72,24 @@ class Model:
         seed: int = 0,
         tta: bool = False,
         calibration: bool = True,
+        source: Any = None,
     ) -> Report:
         """Score on data: built-in sets use the official test split, folders their test part.
 
         `tta`: average flipped and multi-crop views of each image (`tlearn.deploy.tta`).
         `calibration=False`: the raw logits, without the temperature fitted after training.
         The report's `.predictions` and `.source` keep each image's logits, for `tlearn.report`.
+        `source`: an `ImageSource` to score instead of `data`'s held-out set (`data` names it).
         """
         from tlearn.data import load_eval_source
         from tlearn.training import loop
         from tlearn.training.features import image_loader
 
         tune_allocator()
-        source = load_eval_source(
-            data, data_root=data_root, eval_limit=eval_limit, seed=seed, classes=self.classes
-        )
+        if source is None:
+            source = load_eval_source(
+                data, data_root=data_root, eval_limit=eval_limit, seed=seed, classes=self.classes
+            )
         dev = pick_device(device)
         chosen = pick_precision(dev, precision)
         classifier, pre = self.classifier, self.input_preprocessing
@@ -203,8 +206,10 @@ def run_report(run: str | Path, log: Any = print, data: str | None = None) -> Pa
     model = load(run)
     cfg = model.spec.config
     try:
+        source = None if data else validation_source(cfg)
         path = model.report(
-            data or cfg["data"],
+            data or cfg["data"] + (" (validation split)" if source is not None else ""),
+            source=source,
             data_root=cfg.get("data_root"),
             eval_limit=cfg.get("eval_limit"),
             batch_size=cfg.get("batch_size"),
@@ -222,6 +227,21 @@ def run_report(run: str | Path, log: Any = print, data: str | None = None) -> Pa
 
         log_report(Path(run) / "tb", path.parent)
     return path
+
+
+def validation_source(config: dict[str, Any]) -> Any:
+    """A run's validation split where its data has no held-out part of its own, else None.
+
+    A folder of class folders, or a CSV, is split by training; evaluating "it" would score the
+    training images too, so a run's report scores the images training held out.
+    """
+    from tlearn.data import builtin_name
+    from tlearn.training.trainer import load_run_splits
+
+    spec = str(config.get("data", ""))
+    if builtin_name(spec) is not None or (Path(spec) / "train").is_dir():
+        return None
+    return load_run_splits(TrainConfig.from_dict(dict(config))).val
 
 
 def split_counts(config: dict[str, Any]) -> dict[str, list[int]]:

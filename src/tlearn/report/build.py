@@ -158,7 +158,8 @@ def training_section(run: Path, out: Path) -> str:
 def results_section(report: Report, out: Path) -> str:
     """Accuracy, averages, the per-class table, confusion heat maps, the most-confused pairs."""
     summary = [("accuracy", report.accuracy), ("top-5 accuracy", report.top5_accuracy or "-"),
-               ("loss (NLL)", report.loss), ("images", report.images)]  # fmt: skip
+               ("loss (NLL)", report.loss), ("images", report.images),
+               ("evaluation seconds", report.seconds)]  # fmt: skip
     parts = [html.key_values(summary)]
     if report.averages:
         parts.append(html.table(

@@ -2,7 +2,8 @@
 
 `metrics.csv` (one row an epoch) stays the plain source of truth; this adds the finer curve that
 reports draw and TensorBoard shows live. The step's loss comes from the running sum the loop
-already keeps, so logging adds no device synchronisation of its own.
+already keeps, so logging adds no device synchronisation of its own. `lr` is the first
+parameter group's rate once the step is taken (the scheduler has moved on to the next step).
 """
 
 from __future__ import annotations
