@@ -6,14 +6,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from tlearn.checkpoint import ModelSpec, read_model_file, save_model
 from tlearn.config import TrainConfig
 from tlearn.doctor import DoctorResult, run_doctor
 from tlearn.errors import TlearnError
-from tlearn.evaluation import Report, compute_report
+from tlearn.evaluation import Report, calibration_summary, compute_report
 from tlearn.models import Classifier, build_fusion, build_head, create_backbone
+from tlearn.models.calibration import temperature_off
 from tlearn.models.normalize import NormalizedBackbone
 from tlearn.preprocessing import Preprocessing, model_input
 from tlearn.training.frozen import FrozenFeatures
@@ -72,19 +74,25 @@ class Model:
         workers: int | None = None,
         seed: int = 0,
         tta: bool = False,
+        calibration: bool = True,
+        source: Any = None,
     ) -> Report:
         """Score on data: built-in sets use the official test split, folders their test part.
 
         `tta`: average flipped and multi-crop views of each image (`tlearn.deploy.tta`).
+        `calibration=False`: the raw logits, without the temperature fitted after training.
+        The report's `.predictions` and `.source` keep each image's logits, for `tlearn.report`.
+        `source`: an `ImageSource` to score instead of `data`'s held-out set (`data` names it).
         """
         from tlearn.data import load_eval_source
         from tlearn.training import loop
         from tlearn.training.features import image_loader
 
         tune_allocator()
-        source = load_eval_source(
-            data, data_root=data_root, eval_limit=eval_limit, seed=seed, classes=self.classes
-        )
+        if source is None:
+            source = load_eval_source(
+                data, data_root=data_root, eval_limit=eval_limit, seed=seed, classes=self.classes
+            )
         dev = pick_device(device)
         chosen = pick_precision(dev, precision)
         classifier, pre = self.classifier, self.input_preprocessing
@@ -95,8 +103,9 @@ class Model:
 
             classifier, pre = model_tta(classifier, pre, self.spec.config)
         loader = image_loader(source, pre, cfg, train=False)
-        runner, dtype, autocast = inference_module(classifier, dev, chosen, pre.input_size)
-        pred = loop.predict_all(runner, loader, dev, autocast, "evaluate", dtype=dtype)
+        with temperature_off(self.classifier, not calibration):
+            runner, dtype, autocast = inference_module(classifier, dev, chosen, pre.input_size)
+            pred = loop.predict_all(runner, loader, dev, autocast, "evaluate", dtype=dtype)
         self.classifier.cpu()
         if len(pred.labels) == 0:
             raise TlearnError(f"no image of {data} could be decoded: check the files")
@@ -110,6 +119,11 @@ class Model:
         )
         if tta:
             report.extra["tta_views"] = classifier.num_views
+        t = self.spec.temperature
+        applied = calibration and t != 1.0 and not tta  # TTA averages log-probabilities
+        raw = pred.logits * t if applied else pred.logits
+        report.calibration = calibration_summary(raw, pred.labels, t, applied)
+        report.predictions, report.source = pred, source  # type: ignore[attr-defined]
         return report
 
     def predict(
@@ -119,18 +133,41 @@ class Model:
         batch_size: int = 64,
         *,
         tta: bool = False,
+        calibration: bool = True,
     ) -> list[Prediction]:
         """Top-k labels for image files and folders; files that fail to decode are skipped.
 
         `tta`: average flipped and multi-crop views of each image (`tlearn.deploy.tta`).
+        `calibration=False`: probabilities without the temperature fitted after training.
         """
         from tlearn.deploy.predict import predict_paths
 
         paths = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
-        return predict_paths(self, paths, topk=topk, batch_size=batch_size, tta=tta)
+        with temperature_off(self.classifier, not calibration):
+            return predict_paths(self, paths, topk=topk, batch_size=batch_size, tta=tta)
 
     def save(self, path: str | Path) -> Path:
         return save_model(path, self.classifier, self.spec)
+
+    def report(self, data: str, out: str | Path | None = None, **evaluate: Any) -> Path:
+        """Evaluate on `data` and write report.html with its figures to `out` (default: the run
+        folder); `evaluate` takes `evaluate`'s options. Returns the page's path."""
+        from tlearn.report import write_report  # matplotlib: only for commands that draw
+
+        if out is None and self.run_dir is None:
+            raise TlearnError("this model has no run folder: say where the report goes (--report)")
+        result = self.evaluate(data, **evaluate)
+        counts = split_counts(self.spec.config) if self.run_dir is not None else {}
+        return write_report(out or self.run_dir, self, result, self.run_dir, split_counts=counts)
+
+    def explain(self, images: str | Path | list[str | Path], out: str | Path, topk: int = 3,
+                calibration: bool = True) -> list[Any]:  # fmt: skip
+        """Top-k labels and a Grad-CAM heat map per image, one PNG each in `out`."""
+        from tlearn.report.explain import explain_images
+
+        paths = [images] if isinstance(images, (str, Path)) else list(images)
+        with temperature_off(self.classifier, not calibration):
+            return explain_images(self, paths, Path(out), topk=topk)
 
 
 def train(
@@ -159,7 +196,71 @@ def train(
         result = fit(resume_config(resume, values), log=log, resume=True)
     else:
         result = fit(TrainConfig.from_dict(values), log=log)
-    return Model(result.model, result.spec, result.run_dir)
+    model = Model(result.model, result.spec, result.run_dir)
+    run_report(result.run_dir, log)
+    return model
+
+
+def run_report(run: str | Path, log: Any = print, data: str | None = None) -> Path | None:
+    """report.html for a run folder: its best model on the held-out part of its data.
+
+    A run that trained but cannot be scored (no held-out images) says why and keeps its files.
+    """
+    model = load(run)
+    cfg = model.spec.config
+    try:
+        source = None if data else validation_source(cfg)
+        path = model.report(
+            data or cfg["data"] + (" (validation split)" if source is not None else ""),
+            source=source,
+            data_root=cfg.get("data_root"),
+            eval_limit=cfg.get("eval_limit"),
+            batch_size=cfg.get("batch_size"),
+            device=cfg.get("device", "auto"),
+            workers=cfg.get("workers"),
+            seed=int(cfg.get("seed", 0)),
+            calibration=bool(cfg.get("calibration", True)),
+        )
+    except TlearnError as e:
+        log(f"report not written: {e}")
+        return None
+    log(f"report {path}")
+    if cfg.get("tensorboard"):
+        from tlearn.report.tensorboard import log_report
+
+        log_report(Path(run) / "tb", path.parent)
+    return path
+
+
+def validation_source(config: dict[str, Any]) -> Any:
+    """A run's validation split where its data has no held-out part of its own, else None.
+
+    A folder of class folders, or a CSV, is split by training; evaluating "it" would score the
+    training images too, so a run's report scores the images training held out.
+    """
+    from tlearn.data import builtin_name
+    from tlearn.training.trainer import load_run_splits
+
+    spec = str(config.get("data", ""))
+    if builtin_name(spec) is not None or (Path(spec) / "train").is_dir():
+        return None
+    return load_run_splits(TrainConfig.from_dict(dict(config))).val
+
+
+def split_counts(config: dict[str, Any]) -> dict[str, list[int]]:
+    """Images per class in the run's train and val splits, as training drew them ({} if the
+    data is not where it was)."""
+    from tlearn.training.trainer import load_run_splits
+
+    try:
+        splits = load_run_splits(TrainConfig.from_dict(dict(config)))
+    except (TlearnError, TypeError, ValueError, KeyError):
+        return {}
+    n = len(splits.classes)
+    counts = {"train": np.bincount(splits.train.targets, minlength=n).tolist()}
+    if splits.val is not None:
+        counts["val"] = np.bincount(splits.val.targets, minlength=n).tolist()
+    return counts
 
 
 def lr_find(
@@ -237,7 +338,9 @@ def build_from_spec(spec: ModelSpec) -> Classifier:
         dropout=float(spec.head.get("dropout", 0.5)),
         input_norm=bool(spec.head.get("input_norm", False)),
     )
-    return Classifier(backbones, head, fusion).to(memory_format=torch.channels_last).eval()
+    classifier = Classifier(backbones, head, fusion).to(memory_format=torch.channels_last).eval()
+    classifier.temperature = spec.temperature  # fitted after training; 1.0 in older files
+    return classifier
 
 
 # ---------------------------------------------------------------- ship: export and serve

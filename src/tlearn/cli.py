@@ -59,6 +59,7 @@ def _first_that_parses(choices: list) -> type:
 
 
 BATCH_HELP = "images per batch (default: what runs fastest on this device)"
+NO_CALIBRATION_HELP = "raw probabilities: ignore the temperature fitted after training"
 TTA_HELP = (
     "test-time augmentation: average the views training made the model robust to (mirror; "
     "with --augment light and up also 5 crops: 12x the compute)"
@@ -119,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--workers", type=int, default=None)
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
     evaluate.add_argument("--tta", action="store_true", help=TTA_HELP)
+    evaluate.add_argument("--no-calibration", action="store_true", help=NO_CALIBRATION_HELP)
+    evaluate.add_argument(
+        "--report", metavar="DIR", default=None, help="also write report.html and its figures here"
+    )
 
     predict = sub.add_parser("predict", help="top-k labels for image files or folders")
     predict.add_argument("model", help="run folder or .safetensors model file")
@@ -130,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--topk", type=int, default=3)
     predict.add_argument("--batch-size", type=int, default=64)
     predict.add_argument("--tta", action="store_true", help=TTA_HELP)
+    predict.add_argument("--no-calibration", action="store_true", help=NO_CALIBRATION_HELP)
     fmt = predict.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="JSON lines output")
     fmt.add_argument("--csv", action="store_true", help="CSV output")
@@ -169,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_options(comp)
     comp.add_argument("--test-limit", type=int, default=None, help="score on N test images")
     add_ship_commands(sub)
+    add_report_commands(sub)
 
     doc = sub.add_parser(
         "doctor", help="find bad files, copies, train/test leakage, label errors and imbalance"
@@ -215,6 +222,19 @@ def add_ship_commands(sub) -> None:
         help="how long a request waits for others to join its batch",
     )  # fmt: skip
     srv.add_argument("--max-upload-mb", type=float, default=10.0, help="larger requests get 413")
+
+
+def add_report_commands(sub: argparse._SubParsersAction) -> None:
+    report = sub.add_parser("report", help="(re)build a run folder's report.html")
+    report.add_argument("run", help="run folder")
+    report.add_argument("--data", default=None, help="held-out data (default: the run's own)")
+    explain = sub.add_parser("explain", help="top-k labels and a Grad-CAM heat map per image")
+    explain.add_argument("model", help="run folder or .safetensors model file")
+    explain.add_argument("paths", nargs="+", help="image files or folders")
+    explain.add_argument("--out", required=True, help="folder for one PNG per image")
+    explain.add_argument("--topk", type=int, default=3)
+    explain.add_argument("--no-calibration", action="store_true", help=NO_CALIBRATION_HELP)
+    explain.add_argument("--json", action="store_true", help="JSON lines output")
 
 
 def train_options(args: argparse.Namespace, *own: str) -> tuple[dict, dict]:
@@ -264,8 +284,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
         precision=args.precision,
         workers=args.workers,
         tta=args.tta,
+        calibration=not args.no_calibration,
     )
     print(report.to_json() if args.json else report.summary())
+    if args.report:
+        from tlearn.report import write_report
+
+        page = write_report(args.report, model, report, model.run_dir)
+        print(f"report {page}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
@@ -282,7 +308,11 @@ def run_predict(args: argparse.Namespace) -> int:
     else:
         model = tlearn.load(args.model)
         predictions = model.predict(
-            args.paths, topk=args.topk, batch_size=args.batch_size, tta=args.tta
+            args.paths,
+            topk=args.topk,
+            batch_size=args.batch_size,
+            tta=args.tta,
+            calibration=not args.no_calibration,
         )
     if args.json:
         for p in predictions:
@@ -412,6 +442,27 @@ def run_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_report(args: argparse.Namespace) -> int:
+    import tlearn.api
+
+    if tlearn.api.run_report(args.run, data=args.data) is None:
+        raise TlearnError(f"no report for {args.run}: see the line above")
+    return 0
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    import tlearn
+
+    model = tlearn.load(args.model)
+    results = model.explain(
+        args.paths, args.out, topk=args.topk, calibration=not args.no_calibration
+    )
+    for r in results:
+        tops = "  ".join(f"{lab} {p:.3f}" for lab, p in zip(r.labels, r.probabilities, strict=True))
+        print(json.dumps(r.to_dict()) if args.json else f"{r.path}  {tops}  -> {r.figure}")
+    return 0
+
+
 COMMANDS = {
     "train": run_train,
     "evaluate": run_evaluate,
@@ -424,6 +475,8 @@ COMMANDS = {
     "export": run_export,
     "serve": run_serve,
     "doctor": run_doctor,
+    "report": run_report,
+    "explain": run_explain,
 }
 
 

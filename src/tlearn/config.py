@@ -201,6 +201,12 @@ class TrainConfig:
     max_image_pixels: int = opt(
         89_478_485, "skip images with more pixels than this (a decompression-bomb guard)"
     )
+    calibration: bool = opt(
+        True, "fit a temperature on the validation set after training, so probabilities are honest"
+    )
+    tensorboard: bool = opt(
+        False, "also log to RUN/tb/ for TensorBoard (needs `pip install 'tlearn[tensorboard]'`)"
+    )
 
     # -- derived views -------------------------------------------------------------------------
 

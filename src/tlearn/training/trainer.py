@@ -33,6 +33,7 @@ from tlearn.models.stages import stage_taps
 from tlearn.preprocessing import Preprocessing, model_input
 from tlearn.training import conv_tuning, loop, progressive
 from tlearn.training.balance import class_weights, per_class_recall, sample_weights
+from tlearn.training.calibrate import calibrate_run
 from tlearn.training.ema import WeightAverage
 from tlearn.training.features import (
     FeatureLoader,
@@ -69,6 +70,7 @@ from tlearn.training.state import (
     restore,
     save_state,
 )
+from tlearn.training.steplog import StepLog
 from tlearn.training.stopping import EarlyStopping, not_clearly_worse
 from tlearn.training.strategies import (
     GRADUAL_DEFAULT_DECAY,
@@ -354,6 +356,10 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
         trainer.run_on_images(phases, stages, data_pre)
     trainer.keep_average()
     trainer.finish()
+    trainer.steps.close()
+    if cfg.calibration:  # one temperature per saved model, from its epoch's validation logits
+        spec.calibration = calibrate_run(run_dir, trainer.val_predictions, log)
+        model.temperature = spec.temperature
     log_conv_tuning(conv_tuning.remove(model), log)
     return RunResult(model.cpu(), spec, run_dir)
 
@@ -493,6 +499,8 @@ class _Epochs:
             self.early.load_state_dict(state["early"])
         if state.get("metrics"):
             spec.metrics = dict(state["metrics"])
+        self.val_predictions: dict[str, loop.Predictions | None] = {}  # of best and last
+        self.steps = StepLog(run_dir, cfg.tensorboard, resume=bool(state))
 
     # -- the two paths ---------------------------------------------------------------------
 
@@ -761,6 +769,7 @@ class _Epochs:
     ) -> None:
         if self.ema is not None and batch is not None:
             self.ema.update(run.module)
+        self.steps.on_step(self.position.epoch, progress, run.optimizer.param_groups[0]["lr"])
         if self.plan is not None and not self.refitted and self.position.epoch == 0:
             self.refit_to_speed(run, batches, progress.step)
         k = progress.step - 1
@@ -968,6 +977,7 @@ class _Epochs:
                 for name, r in zip(classes, recall, strict=True)
             ))  # fmt: skip
         self.rows.append(row)
+        self.steps.on_epoch(row)
         val_text = (
             f"val_loss {val_loss:.4f}  val_acc {val_acc:.4f}" if val_acc is not None else "no val"
         )
@@ -987,6 +997,7 @@ class _Epochs:
             "skipped_val": self.skipped_count("val"),
         }
         self.try_save("last.safetensors", self.save_model("last.safetensors"))
+        self.val_predictions["last.safetensors"] = pred
         score = val_acc if val_acc is not None else -stats.loss
         correct = None
         if pred is not None and len(pred.labels):
@@ -995,6 +1006,7 @@ class _Epochs:
             if score > self.best_score:  # the bar later epochs are held to
                 self.best_score, self.best_correct = score, correct
             self.try_save("best.safetensors", self.save_model("best.safetensors"))
+            self.val_predictions["best.safetensors"] = pred
         return row
 
     # -- --ema -----------------------------------------------------------------------------
