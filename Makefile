@@ -10,7 +10,7 @@ FMNIST  = /usr/share/datasets/fashion-mnist
 $(BIN)/tlearn: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[weights,dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[weights,dev,export,serve,doctor,report,tensorboard]'
 	@touch $@
 
 install: $(BIN)/tlearn

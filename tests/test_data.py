@@ -63,10 +63,29 @@ def test_train_val_layout_is_used_as_is(make_image_folder):
     assert all("/val/" in s.val.describe(i) for i in range(len(s.val)))
 
 
-def test_train_test_layout_validates_on_test(make_image_folder):
-    root = make_image_folder(layout="split-test", n=4)
-    s = load_train_splits(str(root))
-    assert all("/test/" in s.val.describe(i) for i in range(len(s.val)))
+def test_train_val_layout_says_validation_is_val(make_image_folder):
+    root = make_image_folder(layout="split", n=6)
+    shutil.copytree(root / "val", root / "test")
+    s = load_train_splits(str(root), val_split=0.5)
+    assert s.validation == "val/, 6 images"
+    assert not any("/test/" in src.describe(i) for src in (s.train, s.val) for i in range(len(src)))
+
+
+def test_train_test_layout_validates_on_a_split_of_train(make_image_folder):
+    """test/ is never validated on: the best epoch and every choice would be made on it."""
+    root = make_image_folder(layout="split-test", n=8)
+    s = load_train_splits(str(root), val_split=0.25, seed=2)
+    used = [src.describe(i) for src in (s.train, s.val) for i in range(len(src))]
+    assert all("/train/" in p for p in used) and len(set(used)) == 16
+    assert len(s.val) == 4 and sorted(s.val.targets.tolist()) == [0, 0, 1, 1]
+    assert s.validation == "25% of train/ (stratified, seed 2), 4 images, test/ left for evaluate"
+    again = load_train_splits(str(root), val_split=0.25, seed=2)
+    assert _names(again.val) == _names(s.val)
+
+
+def test_train_test_layout_with_val_split_zero_has_no_validation(make_image_folder):
+    s = load_train_splits(str(make_image_folder(layout="split-test", n=4)), val_split=0)
+    assert s.val is None and len(s.train) == 8 and s.validation == "none (--val-split 0)"
 
 
 def test_val_folder_missing_a_class_keeps_training_class_order(make_image_folder):

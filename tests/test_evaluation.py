@@ -29,3 +29,19 @@ def test_top5_when_more_than_five_classes():
     r = compute_report(logits, labels, classes, "toy")
     assert r.accuracy == 0.5
     assert r.top5_accuracy == 0.5
+
+
+def test_averages_and_most_confused_pairs_by_hand():
+    classes = ["a", "b", "c"]
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 2, 2])
+    predicted = torch.tensor([0, 1, 1, 1, 2, 0, 0, 2])
+    logits = torch.nn.functional.one_hot(predicted, 3).float() * 5
+    r = compute_report(logits, labels, classes, "toy")
+    recalls = [0.5, 1.0, 0.5]
+    assert r.averages["macro"]["recall"] == round(sum(recalls) / 3, 6)
+    assert r.averages["weighted"]["recall"] == round((2 * 0.5 + 2 * 1.0 + 4 * 0.5) / 8, 6)
+    assert r.most_confused == [
+        {"true": "c", "predicted": "a", "count": 2},
+        {"true": "a", "predicted": "b", "count": 1},
+    ]
+    assert set(json.loads(r.to_json())) >= {"averages", "most_confused", "calibration"}

@@ -6,8 +6,18 @@ model.evaluate("fashion-mnist").accuracy
 model.save("fm.safetensors"); tlearn.load("fm.safetensors").predict(["a.png"])
 """
 
-from tlearn.api import Model, Prediction, load, lr_find, train
+from tlearn.api import Model, Prediction, doctor, export, load, lr_find, predict_onnx, serve, train
 from tlearn.errors import TlearnError
 from tlearn.version import __version__
 
-__all__ = ["Model", "Prediction", "TlearnError", "load", "lr_find", "train", "__version__"]
+__all__ = [
+    "Model",
+    "Prediction",
+    "TlearnError",
+    "doctor",
+    "load",
+    "lr_find",
+    "train",
+    "__version__",
+]
+__all__ += ["export", "predict_onnx", "serve"]

@@ -40,6 +40,13 @@ class ModelSpec:
     versions: dict[str, str] = field(default_factory=dict)
     # An ensemble file: {"weights": [...], "members": [member spec dicts]}; empty otherwise.
     ensemble: dict[str, Any] = field(default_factory=dict)
+    # Temperature scaling fitted after training: {"temperature": T, "ece_before": ...}; files
+    # written before it existed, and runs without validation images, have none (T = 1).
+    calibration: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def temperature(self) -> float:
+        return float(self.calibration.get("temperature", 1.0))
 
     @property
     def preprocessing(self) -> list[Preprocessing]:
@@ -74,6 +81,8 @@ def save_model(path: str | Path, model: torch.nn.Module, spec: ModelSpec) -> Pat
     }
     if spec.ensemble:
         meta["ensemble"] = json.dumps(spec.ensemble, default=str)
+    if spec.calibration:
+        meta["calibration"] = json.dumps(spec.calibration, default=float)
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
     return path
 
@@ -106,6 +115,7 @@ def read_model_file(path: str | Path) -> tuple[ModelSpec, dict[str, torch.Tensor
             metrics=json.loads(meta.get("metrics", "{}")),
             versions=json.loads(meta.get("versions", "{}")),
             ensemble=json.loads(meta.get("ensemble", "{}")),
+            calibration=json.loads(meta.get("calibration", "{}")),
         )
     except (KeyError, json.JSONDecodeError, TypeError) as e:
         raise TlearnError(f"{path} has broken tlearn metadata ({e}): use another copy") from e
@@ -125,3 +135,14 @@ def resolve_model_path(path: str | Path) -> Path:
     if not p.is_file():
         raise TlearnError(f"no model at {p}: pass a run folder or a .safetensors model file")
     return p
+
+
+def write_calibration(path: str | Path, calibration: dict[str, Any]) -> Path:
+    """Rewrite a model file's calibration metadata, its tensors untouched (atomically)."""
+    path = Path(path)
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        meta = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta["calibration"] = json.dumps(calibration, default=float)
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    return path

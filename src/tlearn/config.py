@@ -185,6 +185,11 @@ class TrainConfig:
         None,
         "validate on a stratified subset of N images (default with --train-limit: in proportion)",
     )
+    exclude: str | None = opt(
+        None,
+        "leave out the files listed in this file: issues.csv from `tlearn doctor` (rows whose "
+        "action is exclude) or one path per line",
+    )
     data_root: str | None = opt(None, "folder holding torchvision datasets (offline use)")
     seed: int = opt(0, "random seed for splits, initialisation and order")
     out: str | None = opt(None, "run folder (default: runs/<data>-<time>)")
@@ -209,6 +214,12 @@ class TrainConfig:
     strict: bool = opt(False, "stop before training if any image cannot be decoded, listing them")
     max_image_pixels: int = opt(
         89_478_485, "skip images with more pixels than this (a decompression-bomb guard)"
+    )
+    calibration: bool = opt(
+        True, "fit a temperature on the validation set after training, so probabilities are honest"
+    )
+    tensorboard: bool = opt(
+        False, "also log to RUN/tb/ for TensorBoard (needs `pip install 'tlearn[tensorboard]'`)"
     )
 
     # -- defaults a plan may fill ----------------------------------------------------------------

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from tlearn.models.calibration import reliability
+
 
 @dataclass
 class Report:
@@ -24,6 +26,12 @@ class Report:
     skipped: int = 0
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    # {"macro": {precision, recall, f1}, "weighted": {...}}: per-class scores averaged
+    averages: dict[str, dict[str, float]] = field(default_factory=dict)
+    # the largest off-diagonal cells: [{"true", "predicted", "count"}], most first
+    most_confused: list[dict[str, Any]] = field(default_factory=list)
+    # temperature, whether it was applied, ECE and reliability bins before and after it
+    calibration: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -39,6 +47,18 @@ class Report:
         if self.top5_accuracy is not None:
             lines.append(f"top-5      {self.top5_accuracy:.4f}")
         lines.append(f"loss       {self.loss:.4f}")
+        for kind, avg in self.averages.items():
+            lines.append(
+                f"{kind:<9}  precision {avg['precision']:.4f}  recall {avg['recall']:.4f}  "
+                f"f1 {avg['f1']:.4f}"
+            )
+        if self.calibration:
+            c = self.calibration
+            lines.append(
+                f"calibration  temperature {c['temperature']:.3f}"
+                f"{'' if c['applied'] else ' (not applied)'}  ECE {c['ece_before']:.4f} before, "
+                f"{c['ece_after']:.4f} after"
+            )
         width = max(len(c) for c in self.classes)
         lines.append("")
         lines.append(f"{'class':<{width}}  precision  recall  f1      support")
@@ -81,6 +101,12 @@ def compute_report(
     if num_classes > 5:
         top = logits.topk(5, dim=1).indices
         top5 = (top == labels[:, None]).any(1).double().mean().item()
+    weights = support / support.sum()
+    scores = {"precision": precision, "recall": recall, "f1": f1}
+    averages = {
+        "macro": {k: round(v.mean().item(), 6) for k, v in scores.items()},
+        "weighted": {k: round((v * weights).sum().item(), 6) for k, v in scores.items()},
+    }
     return Report(
         data=data,
         images=len(labels),
@@ -101,4 +127,34 @@ def compute_report(
         confusion_matrix=confusion.tolist(),
         skipped=skipped,
         seconds=round(seconds, 3),
+        averages=averages,
+        most_confused=most_confused(confusion, classes),
     )
+
+
+def most_confused(confusion: torch.Tensor, classes: list[str], k: int = 10) -> list[dict]:
+    """The k largest off-diagonal cells: which true class is taken for which, how often."""
+    off = confusion.clone()
+    off.fill_diagonal_(0)
+    values, flat = off.flatten().topk(min(k, off.numel()))
+    n = len(classes)
+    return [
+        {"true": classes[i // n], "predicted": classes[i % n], "count": int(v)}
+        for v, i in zip(values.tolist(), flat.tolist(), strict=True)
+        if v > 0
+    ]
+
+
+def calibration_summary(raw_logits: torch.Tensor, labels: torch.Tensor, temperature: float,
+                        applied: bool) -> dict[str, Any]:  # fmt: skip
+    """ECE and reliability bins of the raw logits and of the logits over the temperature."""
+    before = reliability(raw_logits.double().softmax(1), labels)
+    after = reliability((raw_logits.double() / temperature).softmax(1), labels)
+    return {
+        "temperature": temperature,
+        "applied": applied,
+        "ece_before": before.ece,
+        "ece_after": after.ece,
+        "reliability_before": before.to_dict(),
+        "reliability_after": after.to_dict(),
+    }

@@ -9,6 +9,7 @@ the one user-facing error type so the loader can skip and count it instead of cr
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import warnings
 from collections.abc import Iterable, Iterator
@@ -42,8 +43,28 @@ def open_image(path: str | Path) -> Image.Image:
     try:
         if path.stat().st_size == 0:
             raise TlearnError(f"cannot read image {path}: the file is empty; replace or remove it.")
-        with Image.open(path) as im:
-            _check_pixels(im, path)
+    except FileNotFoundError as exc:
+        raise TlearnError(f"image {path} does not exist; check the path.") from exc
+    except OSError as exc:
+        raise TlearnError(f"cannot read image {path} ({exc}); replace or remove it.") from exc
+    return _decode(lambda: Image.open(path), path, Image.MAX_IMAGE_PIXELS)
+
+
+def decode_image_bytes(data: bytes, name: str, max_pixels: int | None) -> Image.Image:
+    """Decode an image held in memory (an upload to `tlearn serve`) as `open_image` decodes files.
+
+    `max_pixels` is checked from the header before any pixel is decoded, so a small file that
+    claims a huge image (a decompression bomb) costs nothing; None means no limit.
+    """
+    if not data:
+        raise TlearnError(f"cannot read image {name}: it is empty; send the image's bytes.")
+    return _decode(lambda: Image.open(io.BytesIO(data)), name, max_pixels)
+
+
+def _decode(opener, name: object, max_pixels: int | None) -> Image.Image:
+    try:
+        with opener() as im:
+            _check_pixels(im, name, max_pixels)
             im.seek(0)  # first frame of an animated GIF/WebP/TIFF
             im.load()
             im = ImageOps.exif_transpose(im)
@@ -51,20 +72,20 @@ def open_image(path: str | Path) -> Image.Image:
     except TlearnError:
         raise
     except FileNotFoundError as exc:
-        raise TlearnError(f"image {path} does not exist; check the path.") from exc
+        raise TlearnError(f"image {name} does not exist; check the path.") from exc
     except UnidentifiedImageError as exc:
         raise TlearnError(
-            f"cannot read image {path}: it is not an image format Pillow can decode; "
+            f"cannot read image {name}: it is not an image format Pillow can decode; "
             "replace or remove it."
         ) from exc
     except Image.DecompressionBombError as exc:
         raise TlearnError(
-            f"cannot read image {path}: it is too large to decode safely ({exc}); "
+            f"cannot read image {name}: it is too large to decode safely ({exc}); "
             "resize or remove it."
         ) from exc
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError, IndexError, KeyError) as exc:
         # Pillow's plugins signal corrupt data with any of these (SyntaxError for bad headers).
-        raise TlearnError(f"cannot read image {path} ({exc}); replace or remove it.") from exc
+        raise TlearnError(f"cannot read image {name} ({exc}); replace or remove it.") from exc
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -168,8 +189,7 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # Pillow's own default: about 0.25 GB of RGB pixels
 
 
-def _check_pixels(im: Image.Image, path: Path) -> None:
-    limit = Image.MAX_IMAGE_PIXELS
+def _check_pixels(im: Image.Image, path: object, limit: int | None) -> None:
     if limit and im.width * im.height > limit:
         raise TlearnError(
             f"cannot read image {path}: {im.width}x{im.height} pixels is over the "

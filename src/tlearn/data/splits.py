@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tlearn.data.builtin import BUILTIN_DATASETS, builtin_name, load_builtin
+from tlearn.data.exclude import apply_exclude
 from tlearn.data.sources import CsvSource, FolderSource, ImageSource, SubsetSource
 from tlearn.errors import TlearnError
 
@@ -24,6 +25,7 @@ class Splits:
     train: ImageSource
     val: ImageSource | None
     classes: list[str]
+    validation: str = ""  # where validation came from, in words, for the training log
 
 
 def load_train_splits(
@@ -34,11 +36,17 @@ def load_train_splits(
     seed: int = 0,
     train_limit: int | None = None,
     eval_limit: int | None = None,
+    exclude: str | None = None,
 ) -> Splits:
     """Training and validation sources for a spec (folder, CSV or built-in name).
 
-    A folder with `train/` and `val/` (or `test/`) uses them as they are; anything else is split
-    by `val_split`. `train_limit` and `eval_limit` then take stratified subsets of each.
+    A folder with `train/` and `val/` uses them as they are; anything else, a `train/` with only
+    a `test/` beside it included, is split by `val_split`. `test/` is never validated on: the
+    best epoch, a budget refit and every automatic choice are made on validation, and a score
+    on images that made the choices is no longer a test score. `tlearn evaluate` scores `test/`.
+    The files `exclude` lists (`tlearn doctor`'s issues.csv) are then left out, after the
+    split so that the remaining files keep their side of it, and `train_limit` and `eval_limit`
+    take stratified subsets of each.
     """
     if not 0 <= val_split < 1:
         raise TlearnError(f"--val-split must be at least 0 and below 1, not {val_split}.")
@@ -47,27 +55,47 @@ def load_train_splits(
 
     name = builtin_name(spec)
     val: ImageSource | None
+    whole, test_left = "the training set", ""  # for the log line: where validation came from
     if name is not None:
         train, val = _split(load_builtin(name, "train", data_root), val_split, seed)
+        whole, test_left = f"{name}'s training set", f", {name}'s test set left for evaluate"
     else:
         path = _existing(spec)
         if path.is_dir() and (path / "train").is_dir():
             train = FolderSource.from_class_folders(path / "train")
-            held_out = _first_dir(path, ("val", "test"))
-            if held_out is not None:
-                val = FolderSource.from_class_folders(held_out, classes=train.classes)
+            whole = "train/"
+            if (path / "val").is_dir():
+                val = FolderSource.from_class_folders(path / "val", classes=train.classes)
+                whole = ""
             else:
                 train, val = _split(train, val_split, seed)
+                test_left = ", test/ left for evaluate" if (path / "test").is_dir() else ""
         elif path.is_dir():
             train, val = _split(FolderSource.from_class_folders(path), val_split, seed)
         else:
             train, val = _split(CsvSource(path), val_split, seed)
 
+    train, val = apply_exclude(train, val, exclude)
     if train_limit is not None:
         train = _limit(train, train_limit, seed)
     if val is not None and eval_limit is not None:
         val = _limit(val, eval_limit, seed)
-    return Splits(train=train, val=val, classes=list(train.classes))
+    return Splits(
+        train=train,
+        val=val,
+        classes=list(train.classes),
+        validation=_validation_origin(val, val_split, seed, whole, test_left),
+    )
+
+
+def _validation_origin(
+    val: ImageSource | None, val_split: float, seed: int, whole: str, test_left: str
+) -> str:
+    """`whole` is what was split ("" when validation is the folder's own `val/`)."""
+    if val is None:
+        return "none (--val-split 0)" if val_split == 0 else "none (no image to spare for it)"
+    origin = f"{val_split * 100:g}% of {whole} (stratified, seed {seed})" if whole else "val/"
+    return f"{origin}, {len(val)} images{test_left}"
 
 
 def load_eval_source(

@@ -1,1 +1,1 @@
-"""Using a trained model: predict (and, later, export and serve)."""
+"""Using a trained model: predict, export (ONNX, torch.export) and serve (FastAPI, a web page)."""

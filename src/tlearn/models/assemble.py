@@ -115,7 +115,9 @@ def build_from_spec(spec: ModelSpec) -> torch.nn.Module:
         dropout=float(spec.head.get("dropout", 0.5)),
         input_norm=bool(spec.head.get("input_norm", False)),
     )
-    return Classifier(backbones, head, fusion).to(memory_format=torch.channels_last).eval()
+    classifier = Classifier(backbones, head, fusion).to(memory_format=torch.channels_last).eval()
+    classifier.temperature = spec.temperature  # fitted after training; 1.0 in older files
+    return classifier
 
 
 def ensemble_from_spec(spec: ModelSpec) -> EnsembleClassifier:

@@ -32,7 +32,12 @@ class Classifier(nn.Module):
 
     Parameter names are ``backbones.<i>.<library name>``, ``fusion.<...>`` (only ``sum``/``gated``
     have any) and ``head.<...>``, so a saved classifier maps back onto the libraries' own models.
+
+    ``temperature`` divides the logits (fitted after training, `tlearn.models.calibration`): a
+    plain attribute, not a tensor, so model files of any age load and an export bakes it in.
     """
+
+    temperature: float = 1.0
 
     def __init__(
         self,
@@ -83,4 +88,5 @@ class Classifier(nn.Module):
         return FusionHead(self.fusion, self.head)
 
     def forward(self, x: Tensor | Sequence[Tensor]) -> Tensor:
-        return self.forward_head(self.forward_features(x))
+        logits = self.forward_head(self.forward_features(x))
+        return logits if self.temperature == 1.0 else logits / self.temperature

@@ -41,6 +41,7 @@ from tlearn.training.state import (
     restore,
     save_state,
 )
+from tlearn.training.steplog import StepLog
 from tlearn.training.stopping import EarlyStopping, not_clearly_worse
 from tlearn.training.strategies import (
     build_optimizer,
@@ -113,6 +114,8 @@ class Epochs(InputPaths, BudgetKeeping, SkippedFiles):
             self.early.load_state_dict(state["early"])
         if state.get("metrics"):
             spec.metrics = dict(state["metrics"])
+        self.val_predictions: dict[str, loop.Predictions | None] = {}  # of best and last
+        self.steps = StepLog(run_dir, cfg.tensorboard, resume=bool(state))
 
     # -- the epoch loop --------------------------------------------------------------------
 
@@ -198,6 +201,7 @@ class Epochs(InputPaths, BudgetKeeping, SkippedFiles):
     ) -> None:
         if self.ema is not None and batch is not None:
             self.ema.update(run.module)
+        self.steps.on_step(self.position.epoch, progress, run.optimizer.param_groups[0]["lr"])
         if self.plan is not None and not self.refitted and self.position.epoch == 0:
             self.refit_to_speed(run, batches, progress.step)
         k = progress.step - 1
@@ -308,6 +312,7 @@ class Epochs(InputPaths, BudgetKeeping, SkippedFiles):
                 for name, r in zip(classes, recall, strict=True)
             ))  # fmt: skip
         self.rows.append(row)
+        self.steps.on_epoch(row)
         val_text = (
             f"val_loss {val_loss:.4f}  val_acc {val_acc:.4f}" if val_acc is not None else "no val"
         )
@@ -327,6 +332,7 @@ class Epochs(InputPaths, BudgetKeeping, SkippedFiles):
             "skipped_val": self.skipped_count("val"),
         }
         self.try_save("last.safetensors", self.save_model("last.safetensors"))
+        self.val_predictions["last.safetensors"] = pred
         score = val_acc if val_acc is not None else -stats.loss
         correct = None
         if pred is not None and len(pred.labels):
@@ -335,6 +341,7 @@ class Epochs(InputPaths, BudgetKeeping, SkippedFiles):
             if score > self.best_score:  # the bar later epochs are held to
                 self.best_score, self.best_correct = score, correct
             self.try_save("best.safetensors", self.save_model("best.safetensors"))
+            self.val_predictions["best.safetensors"] = pred
         return row
 
     # -- --ema -----------------------------------------------------------------------------

@@ -51,6 +51,7 @@ def load_run_splits(cfg: TrainConfig) -> Splits:
         seed=cfg.seed,
         train_limit=cfg.train_limit,
         eval_limit=default_eval_limit(cfg),
+        exclude=cfg.exclude,
     )
 
 

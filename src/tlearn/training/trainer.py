@@ -30,6 +30,7 @@ from tlearn.training.budget import (
     time_before_fit,
 )
 from tlearn.training.build import build_classifier, feature_taps
+from tlearn.training.calibrate import calibrate_run
 from tlearn.training.epochs import Epochs
 from tlearn.training.interrupt import StopRequests
 from tlearn.training.ledger import printable
@@ -118,6 +119,7 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
     autocast = autocast_factory(device, precision)
 
     splits = load_run_splits(cfg)
+    log(f"validation: {splits.validation}")
     if cfg.strict:
         refuse_unreadable(splits, log)
     run_dir = prepare_run_dir(cfg.out, cfg.data)
@@ -182,9 +184,12 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
         trainer.run_on_images(phases, stages, data_pre)
     trainer.keep_average()
     trainer.finish()
+    trainer.steps.close()
+    # The end of training: what needs the finished model and its validation predictions.
+    if cfg.calibration:  # one temperature per saved model, from its epoch's validation logits
+        spec.calibration = calibrate_run(run_dir, trainer.val_predictions, log)
+        model.temperature = spec.temperature
     log_conv_tuning(conv_tuning.remove(model), log)
-    # The end of training: what needs the finished model and its validation predictions
-    # (calibrating a temperature, writing the report) runs on `result` here.
     return RunResult(model.cpu(), spec, run_dir)
 
 

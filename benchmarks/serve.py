@@ -1,0 +1,239 @@
+"""`tlearn serve` under load, and onnxruntime against tlearn's PyTorch inference.
+
+Loopback only, bounded in requests and seconds. For a run (tf_efficientnet_lite0 at 224 px):
+  1. engines: images/s of the exported ONNX file in onnxruntime and of tlearn's own PyTorch
+     inference path (what `serve` and `evaluate` run: folded batch norms, bf16 where the probe
+     says so, prepacked weights), at batch 1 and 32, timed in alternating rounds, medians;
+  2. load: a real `tlearn serve` process, a single-threaded asyncio client sending real JPEGs
+     (the run's test images) one per request: requests/s and p50/p99 latency at concurrency 1, 8
+     and 32 with batching (--max-batch 32), and at concurrency 32 one image at a time
+     (--max-batch 1 --max-wait-ms 0).
+The client shares the machine's cores with the server, as a real client on the same host would.
+
+    python benchmarks/serve.py --model RUN [--engine torch|onnx] [--seconds 30] [--name serve]
+        -> benchmarks/results/serve.{json,md} (auto: the faster engine at batch 32 is served)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+import tlearn
+from tlearn.api import serving_engine
+from tlearn.deploy.engines import OnnxEngine
+from tlearn.deploy.onnx_runtime import OnnxModel
+from tlearn.training.runtime import tune_allocator
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+from serving import tlearn_serve  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _engine_worker(kind: str, path: str, requests, answers) -> None:
+    """One engine in a process of its own (thread pools and allocators are process-wide), built
+    in the main thread and run from another, exactly as `tlearn serve` builds and runs it. (On
+    this shared machine, where that happens mattered: PyTorch at batch 1 ran 0.3-2.6 images/s
+    when run from the main thread and 60-75 from a second thread, a 2-thread OpenMP team
+    waiting on a descheduled partner, it seems.)"""
+    tune_allocator()
+    engine = OnnxEngine(OnnxModel(path, serving=True)) if kind == "onnxruntime" else None
+    engine = engine or serving_engine(path, "torch")
+    answers.put(engine.name)
+    worker = threading.Thread(target=_engine_loop, args=(engine, requests, answers))
+    worker.start()
+    worker.join()
+
+
+def _engine_loop(engine, requests, answers) -> None:
+    rng = np.random.default_rng(0)
+    size = engine.input_preprocessing.input_size
+    while (job := requests.get()) is not None:
+        batch, seconds = job
+        images = rng.integers(0, 256, (batch, 3, size, size), dtype=np.uint8)
+        engine(images)  # warm-up for this shape
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            engine(images)
+            count += batch
+        answers.put(count / (time.perf_counter() - start))
+
+
+def engine_rates(run: Path, onnx_path: Path, rounds: int, seconds: float) -> dict:
+    """Images/s per engine and batch size: each engine in its own process, timed in
+    alternation (one at a time, so they never share the cores), median of `rounds`."""
+    context = multiprocessing.get_context("spawn")
+    workers = {}
+    for kind, path in (("onnxruntime", onnx_path), ("pytorch", run)):
+        requests, answers = context.Queue(), context.Queue()
+        process = context.Process(target=_engine_worker, args=(kind, str(path), requests, answers))
+        process.start()
+        workers[kind] = (process, requests, answers, answers.get(timeout=600))
+    out: dict = {kind: {"engine": w[3]} for kind, w in workers.items()}
+    for batch in (1, 32):
+        samples: dict[str, list[float]] = {kind: [] for kind in workers}
+        for _ in range(rounds):
+            for kind, (_, requests, answers, _) in workers.items():
+                requests.put((batch, seconds))
+                samples[kind].append(answers.get(timeout=600))
+        for kind, values in samples.items():
+            out[kind][f"batch {batch}"] = {
+                "images_per_s": round(statistics.median(values), 1),
+                "rounds": [round(v, 1) for v in values],
+            }
+    for process, requests, _, _ in workers.values():
+        requests.put(None)
+        process.join(60)
+    return out
+
+
+async def load(
+    url: str, images: list[bytes], concurrency: int, requests: int, seconds: float
+) -> dict:
+    latencies: list[float] = []
+    failures = 0
+    next_index = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal next_index, failures
+        while next_index < requests and time.perf_counter() < stop_at:
+            i = next_index
+            next_index += 1
+            files = {"file": (f"{i}.jpg", images[i % len(images)], "image/jpeg")}
+            start = time.perf_counter()
+            r = await client.post(f"{url}/predict", files=files)
+            latencies.append(time.perf_counter() - start)
+            failures += r.status_code != 200
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        await asyncio.gather(*[worker(client) for _ in range(3)])  # warm-up connections
+        latencies.clear()
+        next_index, stop_at = 0, time.perf_counter() + seconds
+        start = time.perf_counter()
+        await asyncio.gather(*[worker(client) for _ in range(concurrency)])
+        wall = time.perf_counter() - start
+        health = (await client.get(f"{url}/health")).json()
+    ms = np.array(latencies) * 1000
+    return {
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "failures": failures,
+        "requests_per_s": round(len(latencies) / wall, 2),
+        "p50_ms": round(float(np.percentile(ms, 50)), 1),
+        "p99_ms": round(float(np.percentile(ms, 99)), 1),
+        "mean_batch": health["mean_batch"],
+    }
+
+
+def load_tests(
+    run: Path, engine_args: list[str], images: list[bytes], seconds: float
+) -> list[dict]:
+    rows = []
+    plans = [
+        ("batched", ["--max-batch", "32", "--max-wait-ms", "5"], (1, 8, 32)),
+        ("one at a time", ["--max-batch", "1", "--max-wait-ms", "0"], (32,)),
+    ]
+    for mode, flags, levels in plans:
+        with tlearn_serve(run, *engine_args, *flags) as (url, _):
+            for c in levels:
+                row = asyncio.run(load(url, images, c, requests=max(48, 8 * c), seconds=seconds))
+                rows.append({"mode": mode, **row})
+                print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def write(result: dict, name: str) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    e = result["engines"]
+    lines = [
+        f"# tlearn serve: {result['model']}",
+        "",
+        f"{result['machine']}; {result['note']}",
+        "",
+        "| engine | batch 1 images/s | batch 32 images/s |",
+        "|---|---:|---:|",
+    ]
+    for kind in ("onnxruntime", "pytorch"):
+        label = (
+            f"tlearn PyTorch inference ({e['pytorch']['engine']})" if kind == "pytorch" else kind
+        )
+        one, many = (e[kind][f"batch {b}"]["images_per_s"] for b in (1, 32))
+        lines.append(f"| {label} | {one:,} | {many:,} |")
+    lines += ["", f"served engine: {result['served_engine']}", "",
+              "| mode | concurrency | requests | requests/s | p50 ms | p99 ms | mean batch |",
+              "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in result["load"]:
+        lines.append(
+            f"| {r['mode']} | {r['concurrency']} | {r['requests']} | {r['requests_per_s']} | "
+            f"{r['p50_ms']:,} | {r['p99_ms']:,} | {r['mean_batch']} |"
+        )
+    lines += [
+        "",
+        f"batching / one at a time at concurrency 32: {result['batching_ratio']}x requests/s",
+    ]
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="run folder (tf_efficientnet_lite0, 224 px)")
+    parser.add_argument("--engine", default="auto", choices=("auto", "torch", "onnx"))
+    parser.add_argument("--seconds", type=float, default=30, help="bound per load level")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per engine")
+    parser.add_argument("--images", default=None, help="JPEGs to send (default: the run's test/)")
+    parser.add_argument("--name", default="serve", help="results file name (without suffix)")
+    args = parser.parse_args()
+    tune_allocator()
+    run = Path(args.model)
+    onnx_path = run / "model.onnx"
+    if not onnx_path.exists():
+        print(tlearn.export(run, onnx_path, log=print).summary())
+    model = tlearn.load(run)
+    data = Path(args.images or Path(model.spec.config["data"]) / "test")
+    images = [p.read_bytes() for p in sorted(data.rglob("*.jpg"))[:256]]
+    engines = engine_rates(run, onnx_path, args.rounds, seconds=3.0)
+    print(json.dumps(engines, indent=1), flush=True)
+    served = args.engine
+    if served == "auto":  # the faster engine at batch 32, which is what a loaded server runs
+        faster_onnx = (
+            engines["onnxruntime"]["batch 32"]["images_per_s"]
+            > engines["pytorch"]["batch 32"]["images_per_s"]
+        )
+        served = "onnx" if faster_onnx else "torch"
+    target = onnx_path if served == "onnx" else run
+    rows = load_tests(target, ["--engine", served], images, args.seconds)
+    batched = next(r for r in rows if r["mode"] == "batched" and r["concurrency"] == 32)
+    single = next(r for r in rows if r["mode"] == "one at a time")
+    names = "+".join(b["name"] for b in model.spec.backbones)
+    size, classes = model.input_preprocessing.input_size, len(model.classes)
+    write({
+        "model": f"{names} at {size} px, {classes} classes ({run})",
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "note": "a shared machine (other work ran at the same time): figures are noisy",
+        "engines": engines,
+        "served_engine": served,
+        "load": rows,
+        "batching_ratio": round(batched["requests_per_s"] / single["requests_per_s"], 2),
+        "images_sent": f"{len(images)} JPEGs from {data}",
+    }, args.name)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

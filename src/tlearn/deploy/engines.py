@@ -1,0 +1,81 @@
+"""What a server runs: uint8 images in, probabilities out, from PyTorch or from an ONNX file.
+
+Both engines take the same input as an exported file (`tlearn.deploy.inputs`), so the server's
+decoding, batching and answers do not depend on which one runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from tlearn.checkpoint import library_versions
+from tlearn.deploy.inputs import input_spec
+from tlearn.deploy.onnx_runtime import OnnxModel
+from tlearn.preprocessing import Preprocessing
+
+
+class Engine(Protocol):
+    name: str
+    classes: list[str]
+    input_preprocessing: Preprocessing
+
+    def __call__(self, images: np.ndarray) -> np.ndarray: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+class TorchEngine:
+    """tlearn's own inference path: the module `inference_module` gives (folded, maybe bf16)."""
+
+    def __init__(
+        self,
+        model,
+        runner: torch.nn.Module,
+        dtype: torch.dtype,
+        autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext,
+    ) -> None:
+        self.model, self.runner, self.dtype, self.autocast = model, runner.eval(), dtype, autocast
+        self.classes = model.classes
+        self.input_preprocessing = model.input_preprocessing
+        self.name = f"pytorch ({str(dtype).removeprefix('torch.')})"
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(torch.float32) / 255.0
+        x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), self.autocast():
+            return self.runner(x).float().softmax(dim=1).numpy()
+
+    def describe(self) -> dict[str, Any]:
+        spec = self.model.spec
+        return {
+            "classes": spec.classes,
+            "backbones": spec.backbones,
+            "head": spec.head,
+            "fusion": spec.fusion,
+            "metrics": spec.metrics,
+            "versions": {"trained with": spec.versions, "serving with": library_versions()},
+            "preprocessing": {"model_input": self.input_preprocessing.to_dict()},
+            "input": input_spec(self.input_preprocessing),
+        }
+
+
+class OnnxEngine:
+    """An exported file in onnxruntime (`tlearn.deploy.onnx_runtime`)."""
+
+    def __init__(self, onnx_model: OnnxModel) -> None:
+        self.onnx = onnx_model
+        self.classes = onnx_model.classes
+        self.input_preprocessing = onnx_model.input_preprocessing
+        self.name = "onnxruntime"
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self.onnx(images)
+
+    def describe(self) -> dict[str, Any]:
+        return self.onnx.describe()

@@ -1,0 +1,1 @@
+"""`tlearn serve`: a FastAPI app (JSON API, web page, docs) under uvicorn."""

@@ -1,0 +1,193 @@
+"""`tlearn doctor DATA`: every check on one dataset, findings in issues.csv and doctor.html.
+
+The checks share two passes over the images: one decode of every file (its problems, a digest
+of its pixels, a thumbnail) and the frozen backbone's features (from the feature cache when a
+run already computed them). Nothing in the user's data is written, moved or deleted.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+from tlearn.data.sources import FolderSource, ImageSource
+from tlearn.doctor import duplicates as dup
+from tlearn.doctor.files import check_catalog, file_findings
+from tlearn.doctor.findings import Finding, counts, write_issues
+from tlearn.doctor.groups import duplicate_findings
+from tlearn.doctor.html import write_page
+from tlearn.doctor.inputs import Catalog, load_catalog
+from tlearn.doctor.labels import find_label_issues, require_extra
+from tlearn.doctor.outliers import IMBALANCE_RATIO, imbalance, outlier_rows, outlier_scores
+
+CALIBRATION_IMAGES = 64
+
+
+class Extractor(Protocol):
+    """Frozen features of a source: `(features [n, F], source positions [n])`."""
+
+    input_size: int
+    name: str
+
+    def __call__(
+        self, source: ImageSource, description: str, *, cache: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclass
+class DoctorResult:
+    findings: list[Finding]
+    counts: dict[str, int]
+    class_counts: dict[str, dict[str, int]]  # split -> class -> images
+    threshold: dup.Threshold | None
+    seconds: dict[str, float] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)
+    images: int = 0
+
+    def summary(self) -> str:
+        lines = [f"{self.images} images checked in {sum(self.seconds.values()):.1f}s"]
+        lines += [f"  {kind:<15}{n}" for kind, n in self.counts.items() if n]
+        if not any(self.counts.values()):
+            lines.append("  no problems found")
+        lines += [f"wrote {p}" for p in self.files.values()]
+        return "\n".join(lines)
+
+
+def run_doctor(
+    data: str,
+    features: Extractor,
+    *,
+    out: str | Path | None = None,
+    data_root: str | None = None,
+    folds: int = 5,
+    seed: int = 0,
+    workers: int = 0,
+    max_image_pixels: int | None = 89_478_485,
+    log: Callable[[str], None] = print,
+) -> DoctorResult:
+    """Check `data`; write `out/issues.csv` and `out/doctor.html` (default `doctor-<name>/`)."""
+    if folds:
+        require_extra()  # before minutes of feature extraction, not after
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+    catalog = load_catalog(data, data_root)
+    checks = check_catalog(catalog, max_image_pixels, workers)
+    findings = file_findings(catalog, checks, features.input_size)
+    seconds["files"] = time.perf_counter() - clock
+    log(f"{len(catalog)} images in {', '.join(catalog.split_names)}: files checked")
+
+    clock = time.perf_counter()
+    feats, rows = _catalog_features(catalog, features)
+    seconds["features"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    thumbs = _thumbnails(catalog, checks, rows)
+    threshold = _calibrate(catalog, features, feats, rows, thumbs, seed)
+    near = [(int(rows[a]), int(rows[b]), s) for a, b, s in dup.near_pairs(feats, thumbs, threshold)]
+    digests = [c.digest for c in checks]
+    findings += duplicate_findings(catalog, dup.exact_groups(digests), near, digests)
+    seconds["duplicates"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    if folds:
+        findings += _label_findings(catalog, feats, rows, folds, seed)
+        findings += _outlier_findings(catalog, feats, rows)
+    seconds["labels"] = time.perf_counter() - clock
+    class_counts = _class_counts(catalog)
+    findings += _imbalance_findings(class_counts)
+
+    result = DoctorResult(findings, counts(findings), class_counts, threshold, seconds)
+    result.images = len(catalog)
+    out_dir = Path(out) if out else Path(f"doctor-{Path(str(data)).name or 'data'}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result.files["issues"] = write_issues(out_dir / "issues.csv", findings)
+    result.files["page"] = write_page(out_dir / "doctor.html", result, catalog, data)
+    return result
+
+
+def _catalog_features(catalog: Catalog, features: Extractor) -> tuple[np.ndarray, np.ndarray]:
+    """Features of every decodable item, with their catalogue numbers."""
+    parts, rows = [], []
+    for s, (name, source) in enumerate(zip(catalog.split_names, catalog.sources, strict=True)):
+        f, positions = features(source, f"doctor/{name}")
+        parts.append(f)
+        rows.append(positions + catalog.offset(s))
+    return np.concatenate(parts), np.concatenate(rows)
+
+
+def _thumbnails(catalog: Catalog, checks, rows: np.ndarray) -> np.ndarray:
+    thumbs = np.zeros((len(rows), dup.THUMB * dup.THUMB), dtype=np.float32)
+    for k, i in enumerate(rows):
+        t = checks[int(i)].thumb
+        if t is not None:
+            thumbs[k] = t
+    return thumbs
+
+
+def _calibrate(catalog, features, feats, rows, thumbs, seed) -> dup.Threshold:
+    """Features of generated copies of some of the data's own images (see `duplicates`)."""
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(rows), min(CALIBRATION_IMAGES, len(rows)), replace=False)
+    with tempfile.TemporaryDirectory(prefix="tlearn-doctor-") as tmp:
+        folder = Path(tmp) / "copies"
+        folder.mkdir()
+        for k, r in enumerate(pick):
+            i = int(rows[r])
+            im = catalog.sources[int(catalog.split[i])].load(int(catalog.local[i]))
+            dup.make_copy(im, rng).save(folder / f"{k:04d}.png")
+        copies = FolderSource([(p, 0) for p in sorted(folder.iterdir())], ["copy"], str(folder))
+        copy_feats, positions = features(copies, "doctor/calibration", cache=False)
+        copy_thumbs = np.stack([dup.thumbnail(Image.open(copies.paths[p])) for p in positions])
+    return dup.calibrate(feats[pick[positions]], copy_feats, thumbs[pick[positions]], copy_thumbs)
+
+
+def _label_findings(catalog, feats, rows, folds, seed) -> list[Finding]:
+    labels = catalog.labels[rows]
+    issues = find_label_issues(feats, labels, len(catalog.classes), folds, seed)
+    out = []
+    for r, s, p in zip(issues.positions, issues.suggested, issues.given_probability, strict=True):
+        i = int(rows[r])
+        given, other = catalog.label_of(i), catalog.classes[int(s)]
+        detail = f"probe: {p:.0%} {given}, {issues.pred_probs[r, s]:.0%} {other}"
+        where = (catalog.paths[i], catalog.split_of(i), given)
+        out.append(Finding("label", *where, other, 1.0 - float(p), "exclude", detail=detail))
+    return out
+
+
+def _outlier_findings(catalog, feats, rows) -> list[Finding]:
+    scores = outlier_scores(feats)
+    out = []
+    for r in outlier_rows(scores):
+        i = int(rows[r])
+        where = (catalog.paths[i], catalog.split_of(i), catalog.label_of(i))
+        detail = f"out-of-distribution score {scores[r]:.3f}"
+        out.append(Finding("outlier", *where, "", 1.0 - float(scores[r]), "review", detail=detail))
+    return out
+
+
+def _class_counts(catalog: Catalog) -> dict[str, dict[str, int]]:
+    table = {}
+    for s, name in enumerate(catalog.split_names):
+        labels = catalog.labels[catalog.split == s]
+        table[name] = {c: int((labels == k).sum()) for k, c in enumerate(catalog.classes)}
+    return table
+
+
+def _imbalance_findings(class_counts: dict[str, dict[str, int]]) -> list[Finding]:
+    first = next(iter(class_counts))  # the split training learns from
+    ratio, big, small = imbalance(class_counts[first])
+    if ratio < IMBALANCE_RATIO:
+        return []
+    n = class_counts[first]
+    detail = (
+        f"{first}: {big} has {n[big]} images, {small} {n[small]} ({ratio:.1f}x); train with "
+        "--balance weighted-loss (or sampler) so the small classes count"
+    )
+    return [Finding("imbalance", "", first, small, score=ratio, action="review", detail=detail)]

@@ -1,0 +1,135 @@
+"""benchmarks/suite.py's caching and table, and the baseline's feature path (no real training)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+suite = _load("suite")
+
+
+def test_methods_parse_to_commands(tmp_path):
+    methods = suite.parse_methods("default,budget2m,lr,fastai5m")
+    assert [(m.kind, m.budget) for m in methods] == [
+        ("tlearn", None),
+        ("tlearn", "2m"),
+        ("lr", None),
+        ("fastai", "5m"),
+    ]
+    cmd = suite.command(methods[1], Path("/d"), tmp_path / "run")
+    assert cmd[1:] == [
+        "-m",
+        "tlearn",
+        "train",
+        "/d",
+        "--budget",
+        "2m",
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    with pytest.raises(SystemExit, match="unknown method"):
+        suite.parse_methods("default,budget")
+    with pytest.raises(SystemExit, match="twice"):
+        suite.parse_methods("lr,lr")
+
+
+def _dataset(root: Path, name: str) -> Path:
+    for part, n in (("train", 3), ("test", 2)):
+        for cls in ("a", "b"):
+            folder = root / name / part / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                (folder / f"{i}.jpg").write_bytes(b"")
+    return root / name
+
+
+def test_suite_caches_cells_and_reruns_only_what_is_not_done(tmp_path):
+    data = [_dataset(tmp_path, "one"), _dataset(tmp_path, "two")]
+    calls: list[tuple[str, str]] = []
+    outcome = {"one/default": {"status": "failed", "error": "boom | x"}}
+
+    def fake(method, dataset, run_dir, timeout):
+        calls.append((dataset.name, method.name))
+        assert run_dir.is_dir()
+        return outcome.get(f"{dataset.name}/{method.name}") or {
+            "status": "done",
+            "test_accuracy": 0.9512 if method.kind == "lr" else 0.9,
+            "wall_s": 47.04,
+        }
+
+    runners = {"tlearn": fake, "lr": fake, "fastai": fake}
+    methods = suite.parse_methods("lr,default")
+    out, work = tmp_path / "out", tmp_path / "work"
+    args = dict(runners=runners, log=lambda line: None, notes=["shared CPU"])
+    suite.run_suite(data, methods, out, work, **args)
+    assert len(calls) == 4
+    record = json.loads((out / "suite.json").read_text())
+    assert record["datasets"]["one"] == {"path": str(data[0]), "train_images": 6, "test_images": 4}
+    assert record["cells"]["two/lr"]["test_accuracy"] == 0.9512
+    assert set(record["cells"]["two/lr"]["load_avg_1m"]) == {"start", "mean", "max"}
+    table = (out / "suite.md").read_text()
+    assert "| one (6 / - / 4) | 95.12% in 47 s | failed |" in table
+    assert "> shared CPU" in table and "failed: boom / x" in table
+
+    calls.clear()
+    del outcome["one/default"]
+    suite.run_suite(data, methods, out, work, **args)
+    assert calls == [("one", "default")]  # only the failed cell ran again
+    calls.clear()
+    suite.run_suite(data, suite.parse_methods("lr,budget2m"), out, work, **args)
+    assert calls == [("one", "budget2m"), ("two", "budget2m")]
+    table = (out / "suite.md").read_text()
+    assert "| two (6 / - / 4) | 95.12% in 47 s | 90.00% in 47 s | 90.00% in 47 s |" in table
+    calls.clear()
+    suite.run_suite(data[:1], methods, out, work, force=True, **args)
+    assert calls == [("one", "lr"), ("one", "default")]
+
+
+def test_timed_kills_a_command_past_its_limit():
+    step = suite.timed(
+        [sys.executable, "-c", "import time; print('x', flush=True); time.sleep(30)"], timeout=1.5
+    )
+    assert step["timed_out"] and step["wall_s"] < 10 and step["output"].startswith("x")
+    assert suite.fmt_cell({"status": "timeout", "wall_s": 1.5}) == "timed out after 2 s"
+
+
+def test_baseline_feature_path_on_tiny_images(make_image_folder):
+    """Real Lite0 weights, generated images: features have the backbone's width; the CV fit
+    scores a test set of the training images' own colours."""
+    baseline = _load("linear_baseline")
+    model, transform = baseline.frozen_model(image_size=64)
+    data = make_image_folder(classes=("a", "b", "c"), n=6, layout="split-test")
+    train, train_y = baseline.image_folder(data / "train", transform)
+    test, test_y = baseline.image_folder(data / "test", transform)
+    train_x = baseline.features(model, train, batch_size=8, workers=0)
+    assert train_x.shape == (18, 1280) and train_y[:6] == ["a"] * 6
+    result = baseline.fit_and_score(train_x, train_y, baseline.features(model, test, 8, 0), test_y)
+    assert result["folds"] == 5 and result["test_accuracy"] == 1.0 and result["C"] > 0
+
+
+def test_fastai_compare_reads_an_image_folder(make_image_folder):
+    """The fastai side's items for a folder (fastai itself is not installed here)."""
+    compare = _load("fastai_compare")
+    data = make_image_folder(classes=("a", "b"), n=4, layout="split")
+    shutil.copytree(data / "val", data / "test")
+    items = compare.load_folder(data, train_limit=None, test_limit=None, seed=0)
+    assert len(items["train_items"]) == 8 + 4 and len(items["val_items"]) == 4
+    assert items["classes"] == ["a", "b"] and len(items["test_items"]) == 4
+    assert all(items["get_y"](p) == p.parent.name for p in items["test_items"])
+    assert not set(items["test_items"]) & set(items["train_items"])
