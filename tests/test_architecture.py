@@ -20,6 +20,8 @@ OPTIONAL = {
     "cleanlab", "sklearn", "tensorboard", "pytorch_grad_cam", "huggingface_hub",
     "matplotlib",  # figures only (lr_find.png, the report): ~0.4 s to import, needed by few runs
     "torch._dynamo",  # --compile only: ~1 s to import, absent on some platforms
+    "torch.utils.tensorboard",  # --tensorboard only (the tensorboard extra)
+    "tlearn.report",  # its modules draw with matplotlib.pyplot: imported by the commands that draw
 }  # fmt: skip
 
 

@@ -182,15 +182,19 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
         trainer.run_on_prefix(prefix, phases, stages, data_pre, inference_precision)
     else:
         trainer.run_on_images(phases, stages, data_pre)
+    finish_run(cfg, trainer, model, log)
+    return RunResult(model.cpu(), spec, run_dir)
+
+
+def finish_run(cfg: TrainConfig, trainer: Epochs, model: Classifier, log: Log) -> None:
+    """The end of training: what needs the finished model and its validation predictions."""
     trainer.keep_average()
     trainer.finish()
     trainer.steps.close()
-    # The end of training: what needs the finished model and its validation predictions.
     if cfg.calibration:  # one temperature per saved model, from its epoch's validation logits
-        spec.calibration = calibrate_run(run_dir, trainer.val_predictions, log)
-        model.temperature = spec.temperature
+        trainer.spec.calibration = calibrate_run(trainer.run_dir, trainer.val_predictions, log)
+        model.temperature = trainer.spec.temperature
     log_conv_tuning(conv_tuning.remove(model), log)
-    return RunResult(model.cpu(), spec, run_dir)
 
 
 def training_precision(

@@ -1,0 +1,5 @@
+"""`python -m tlearn.cli`."""
+
+from tlearn.cli import run
+
+run()
