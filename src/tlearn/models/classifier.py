@@ -89,4 +89,8 @@ class Classifier(nn.Module):
 
     def forward(self, x: Tensor | Sequence[Tensor]) -> Tensor:
         logits = self.forward_head(self.forward_features(x))
-        return logits if self.temperature == 1.0 else logits / self.temperature
+        if self.temperature == 1.0:
+            return logits
+        # in fp32: dividing bf16 logits rounds near-equal ones into ties and moves the argmax
+        # (the demo's Shirt recall changed by one image), and a temperature must not
+        return logits.float() / self.temperature
