@@ -17,9 +17,11 @@ import yaml
 
 from tlearn.errors import TlearnError
 from tlearn.files import atomic_write_text
+from tlearn.units import parse_bytes, parse_duration  # noqa: F401 (re-exported)
 
 STRATEGIES = ("auto", "linear-probe", "finetune", "gradual", "freeze:N")
 HEADS = ("linear", "mlp")
+HEAD_FITS = ("auto", "lbfgs", "sgd")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "onecycle", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -90,6 +92,13 @@ class TrainConfig:
     )
     head: str | None = opt(
         None, "classifier head on top of the pooled features", HEADS, shown_default="linear"
+    )
+    head_fit: str = opt(
+        "auto",
+        "how a linear head on frozen features is fitted: lbfgs (solved to convergence, its L2 "
+        "strength and --features auto chosen on validation), sgd (--epochs of --optimizer), or "
+        "auto (lbfgs unless --epochs or --lr is given)",
+        HEAD_FITS,
     )
     hidden: str = opt("256,128", "hidden layer sizes of the mlp head, comma separated")
     dropout: float = opt(0.0, "dropout between the mlp head's layers")
@@ -388,6 +397,7 @@ class TrainConfig:
             ("augment", AUGMENTS),
             ("fusion", FUSIONS),
             ("features", FEATURES),
+            ("head_fit", HEAD_FITS),
             ("monitor", MONITORS),
             ("balance", BALANCES),
         ):
@@ -398,6 +408,11 @@ class TrainConfig:
                 raise TlearnError(
                     f"--{name.replace('_', '-')} {value!r} is not one of {', '.join(choices)}"
                 )
+        if self.head_fit == "lbfgs" and (self.head == "mlp" or self.fusion != "concat"):
+            raise TlearnError(
+                "--head-fit lbfgs solves a linear head on joined features: drop --head mlp and "
+                "--fusion, or use --head-fit sgd"
+            )
         if not re.fullmatch(r"auto|linear-probe|finetune|gradual|freeze:\d+", self.strategy):
             raise TlearnError(
                 f"--strategy {self.strategy!r} is not one of auto, linear-probe, finetune, "
@@ -459,29 +474,6 @@ def default_of(f: Any) -> Any:
     if f.default is not MISSING:
         return f.default
     return f.default_factory()  # type: ignore[misc]
-
-
-def parse_bytes(text: str | int) -> int:
-    """`4G`, `500M`, `1.5GB` or a plain number of bytes."""
-    match = re.fullmatch(r"\s*([\d.]+)\s*([kmgt]?)i?b?\s*", str(text).lower())
-    if not match:
-        raise TlearnError(f"--memory-limit {text!r} must be a size like 4G, 500M or 2000000000")
-    scale = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[match.group(2)]
-    return int(float(match.group(1)) * scale)
-
-
-def parse_duration(text: str | int | float) -> float:
-    """`90s`, `10m`, `2h`, `1h30m` or a plain number of seconds, in seconds."""
-    value = str(text).strip().lower()
-    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms]?)", value)
-    if not value or not re.fullmatch(r"(\s*\d+(\.\d+)?\s*[hms]?)+", value):
-        parts = []
-    if len(parts) > 1 and any(not unit for _, unit in parts):
-        parts = []
-    seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1, "": 1}[unit] for n, unit in parts)
-    if not parts or seconds <= 0:
-        raise TlearnError(f"--budget {text!r} must be a duration like 90s, 10m, 2h or 1h30m")
-    return seconds
 
 
 def check_batch_size(value: int) -> int:

@@ -24,6 +24,7 @@ from tlearn.training.features import (
     extract_features,
 )
 from tlearn.training.order import EpochSampler
+from tlearn.training.linear_probe import SolvedProbe, load_solved_head
 from tlearn.training.phase import PhaseRun
 from tlearn.training.prefix_cache import PrefixExtractor, flips, storage_dtype
 from tlearn.training.runtime import (
@@ -42,20 +43,26 @@ from tlearn.training.strategies import (
 class InputPaths:
     """Part of `Epochs`: how the training data reaches the loop."""
 
-    def run_on_features(self, pre: Preprocessing, precision: str) -> None:
-        """Frozen backbone: compute features once, then train only the head on them."""
+    def run_on_features(
+        self, pre: Preprocessing, precision: str, probe: SolvedProbe | None = None
+    ) -> None:
+        """Frozen backbone: compute features once, then train only the head on them (or, with
+        `probe`, take the head solved on them)."""
         cfg = self.cfg
-        self.log(f"computing frozen features once ({precision}); the head then trains on them")
-        train = extract_features(
-            self.model, self.splits.train, pre, cfg, self.device, precision, "features/train",
-            flip=flips(cfg), log=self.log,
-        )  # fmt: skip
-        val = None
-        if self.splits.val is not None:
-            val = extract_features(
-                self.model, self.splits.val, pre, cfg, self.device, precision, "features/val",
-                log=self.log,
+        if probe is not None:
+            train, val = probe.train, probe.val
+        else:
+            self.log(f"computing frozen features once ({precision}); the head then trains on them")
+            train = extract_features(
+                self.model, self.splits.train, pre, cfg, self.device, precision,
+                "features/train", flip=flips(cfg), log=self.log,
             )  # fmt: skip
+            val = None
+            if self.splits.val is not None:
+                val = extract_features(
+                    self.model, self.splits.val, pre, cfg, self.device, precision,
+                    "features/val", log=self.log,
+                )  # fmt: skip
         skipped = len(self.splits.train) - len(train)
         if skipped:
             self.log(f"skipped {skipped} training images that could not be decoded")
@@ -63,6 +70,9 @@ class InputPaths:
         head = self.model.top()  # fusion + head: what trains on top of frozen features
         self.note_features_shortfall("train", self.splits.train, train)
         self.note_features_shortfall("val", self.splits.val, val)
+        if probe is not None:
+            self.record_solved(head, probe)
+            return
         loader = FeatureLoader(train, cfg.batch_size, shuffle=True, generator=self.generator)
         if cfg.balance == "sampler":
             loader.sample_weights = sample_weights(train.labels, len(self.splits.classes))
@@ -85,6 +95,26 @@ class InputPaths:
         phase = PhaseRun(0, 0, cfg.epochs, head, optimizer, scheduler, head.train)
         self.train_phase(phase, loader, evaluate)
         self.apply_pending(head)
+
+    def record_solved(self, head: nn.Module, probe: SolvedProbe) -> None:
+        """The solved head as the run's one epoch: metrics, model files and a finished state."""
+        load_solved_head(head, probe.fit)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        for p in head.parameters():
+            p.requires_grad_(True)
+        head.eval()
+        optimizer = torch.optim.SGD(head.parameters(), lr=0.0)  # the state's shape only
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        run = PhaseRun(0, 0, 1, head, optimizer, scheduler, head.eval)
+        pred = None
+        if probe.val is not None:
+            val_loader = FeatureLoader(probe.val, 1024, shuffle=False)
+            pred = loop.predict_all(head, val_loader, self.device, self.autocast)
+        rows = len(probe.train) * (2 if probe.train.flipped is not None else 1)
+        stats = loop.EpochStats(probe.fit.train_loss, rows, probe.seconds)
+        self.record_epoch(run, stats, pred)
+        self.save_state(run)
 
     def run_on_images(
         self, phases: list[Phase], stages: list[list[list[nn.Parameter]]], pre: Preprocessing

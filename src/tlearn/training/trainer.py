@@ -34,6 +34,7 @@ from tlearn.training.calibrate import calibrate_run
 from tlearn.training.epochs import Epochs
 from tlearn.training.interrupt import StopRequests
 from tlearn.training.ledger import printable
+from tlearn.training.linear_probe import resolve_head_fit, solve_probe, solves_head
 from tlearn.training.lr_find import find_for_run
 from tlearn.training.prefix_cache import plan_prefix
 from tlearn.training.resolve import load_run_splits, prepare_run_dir, resolve_strategy
@@ -84,7 +85,7 @@ def plan_strategy(
     schedule in `cfg`, recorded in plan.json); otherwise `resolve_strategy`.
     """
     if cfg.strategy != "auto" or cfg.budget is None:
-        return resolve_strategy(cfg, len(splits.train), log), None
+        return resolve_strategy(cfg, len(splits.train), log, device.type), None
     plan = plan_run(cfg.with_defaults(), splits, device, precision, started, log, run_clock())
     apply_plan(cfg, plan)
     save_plan(run_dir, plan, cfg)
@@ -125,8 +126,11 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
     run_dir = prepare_run_dir(cfg.out, cfg.data)
     cfg.out = str(run_dir)
     state = starting_state(run_dir, resume, log)
+    cfg.head_fit = resolve_head_fit(cfg)  # before a plan fills in epochs the user did not give
     strategy, plan = plan_strategy(cfg, splits, device, precision, run_dir, started, log)
     cfg.fill_defaults()  # what neither the user nor a plan chose
+    if solves_head(cfg, strategy):
+        cfg.epochs = 1  # one solve, recorded as one epoch
     if len(cfg.backbone) > 1 and cfg.weights not in ("auto", "none"):
         raise TlearnError(
             "--weights FILE fits one backbone: give one --backbone, or --weights auto"
@@ -137,7 +141,6 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
         seed_everything(cfg.seed)  # train exactly as a run given this rate would
     backbones = [create_backbone(n, cfg.weights, cfg.image_size) for n in cfg.backbone]
     taps = feature_taps(cfg, backbones, strategy)
-    cfg.features = "stages" if any(taps) else "last"
     model = build_classifier(backbones, len(splits.classes), cfg, taps).to(device)
     model = model.to(memory_format=torch.channels_last)
     stages = [b.stages() for b in backbones]
@@ -147,16 +150,16 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
     # A frozen backbone's features never change: compute them once (flips included) and train
     # only the head on them. Any other augmentation changes the pixels, so it needs the images.
     use_features = all(p.trainable_stages == 0 for p in phases) and cfg.features_cacheable
+    probe = None
+    if use_features and solves_head(cfg, strategy):
+        model, taps, probe = solve_probe(
+            cfg, backbones, model, taps, splits, data_pre, device, precision, log
+        )
+    cfg.features = "stages" if any(taps) else "last"
     if not use_features:
         precision = training_precision(cfg, model, data_pre.input_size, device, precision, log)
         autocast = autocast_factory(device, precision)
-    # what was decided stays decided: a resume or a rerun of config.yaml computes the same way
-    resolved = TrainConfig.from_dict(
-        {**cfg.to_dict(), "strategy": strategy, "lr": cfg.resolved_lr(), "precision": precision}
-    )
-    if state is not None:
-        check_state_matches(state, resolved, len(splits.train), run_dir)
-    resolved.save_yaml(run_dir / "config.yaml")
+    resolved = settle_config(cfg, strategy, precision, state, len(splits.train), run_dir)
     records = backbone_records(model, backbones)
     log_run(
         cfg, splits, backbones, records, strategy, f"device {device}, precision {precision}", log
@@ -177,13 +180,31 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
     if refits and plan.strategy != "linear-probe" and len(phases) == 1:
         trainer.plan = plan  # refitted to the first steps' real speed, then at each epoch
     if use_features:
-        trainer.run_on_features(data_pre, precision)
+        trainer.run_on_features(data_pre, precision, probe)
     elif prefix is not None:
         trainer.run_on_prefix(prefix, phases, stages, data_pre, inference_precision)
     else:
         trainer.run_on_images(phases, stages, data_pre)
     finish_run(cfg, trainer, model, log)
     return RunResult(model.cpu(), spec, run_dir)
+
+
+def settle_config(
+    cfg: TrainConfig,
+    strategy: str,
+    precision: str,
+    state: dict | None,
+    n_train: int,
+    run_dir: Path,
+) -> TrainConfig:
+    """What was decided stays decided: a resume or a rerun of config.yaml computes the same way."""
+    resolved = TrainConfig.from_dict(
+        {**cfg.to_dict(), "strategy": strategy, "lr": cfg.resolved_lr(), "precision": precision}
+    )
+    if state is not None:
+        check_state_matches(state, resolved, n_train, run_dir)
+    resolved.save_yaml(run_dir / "config.yaml")
+    return resolved
 
 
 def finish_run(cfg: TrainConfig, trainer: Epochs, model: Classifier, log: Log) -> None:

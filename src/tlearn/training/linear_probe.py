@@ -1,0 +1,201 @@
+"""A frozen backbone's linear head, chosen on validation: which features, which L2 strength.
+
+Stage features won 2.6 points on Fashion-MNIST and lost several on photos; no constant holds on
+both. So with `--features auto` both are tried on the run's own validation set: the stage
+features hold the last features as their final columns, so one extraction (from the feature
+cache) serves both candidates. The winner's fit becomes the run's head, and the network is
+rebuilt without stage taps when the last features won, so a model file holds what it uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import json
+import time
+
+import torch
+
+from tlearn.config import TrainConfig
+from tlearn.data import Splits
+from tlearn.files import atomic_write_text
+from tlearn.models import Backbone, Classifier
+from tlearn.preprocessing import Preprocessing
+from tlearn.training.balance import class_weights
+from tlearn.training.build import build_classifier
+from tlearn.training.features import FeatureSet, extract_features
+from tlearn.training.prefix_cache import flips
+from tlearn.training.solve import ProbeFit, fit_probe
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class SolvedProbe:
+    """The chosen head and the features it was solved on (the run records them as epoch 1)."""
+
+    features: str  # "last" or "stages"
+    fit: ProbeFit
+    train: FeatureSet
+    val: FeatureSet | None
+    seconds: float  # solving, all candidates together
+    candidates: list[dict]  # per feature set: its best strength and validation scores
+
+
+def resolve_head_fit(cfg: TrainConfig) -> str:
+    """`auto`: solved, unless options that only mean something to SGD epochs were given."""
+    if cfg.head_fit != "auto":
+        return cfg.head_fit
+    sgd_only = cfg.epochs is not None or cfg.lr is not None or cfg.head == "mlp"
+    return "sgd" if sgd_only or cfg.fusion != "concat" or cfg.mixup or cfg.cutmix else "lbfgs"
+
+
+def solves_head(cfg: TrainConfig, strategy: str) -> bool:
+    return cfg.head_fit == "lbfgs" and cfg.trains_head_on_features(strategy)
+
+
+def solve_probe(
+    cfg: TrainConfig,
+    backbones: Sequence[Backbone],
+    model: Classifier,
+    taps: list[list[str]],
+    splits: Splits,
+    pre: Preprocessing,
+    device: torch.device,
+    precision: str,
+    log: Log,
+) -> tuple[Classifier, list[list[str]], SolvedProbe]:
+    """Extract the features once, solve each candidate, and return the network to save."""
+    log(f"computing frozen features once ({precision}); the head is then solved on them")
+    train = extract_features(
+        model, splits.train, pre, cfg, device, precision, "features/train", flip=flips(cfg),
+        log=log,
+    )  # fmt: skip
+    val = None
+    if splits.val is not None:
+        val = extract_features(
+            model, splits.val, pre, cfg, device, precision, "features/val", log=log
+        )
+    tapped = any(taps)
+    candidates = {"stages": None} if cfg.features == "stages" else {"last": last_columns(
+        backbones, model, taps
+    )}  # fmt: skip
+    if cfg.features == "auto" and tapped:
+        candidates["stages"] = None
+    weight = None
+    if cfg.balance != "none":  # full batch: a sampler's draws come to the same weights
+        weight = class_weights(splits.train.targets, len(splits.classes))
+    started = time.perf_counter()
+    fits = {
+        name: fit_on(train, val, columns, len(splits.classes), weight, cfg.seed)
+        for name, columns in candidates.items()
+    }
+    seconds = time.perf_counter() - started
+    rows = [candidate_row(name, f) for name, f in fits.items()]
+    chosen = choose(fits)
+    log_choice(rows, chosen, val is not None, seconds, log)
+    if chosen == "last" and tapped:
+        taps = [[] for _ in backbones]
+        model = build_classifier(backbones, len(splits.classes), cfg, taps).to(device)
+        model = model.to(memory_format=torch.channels_last)
+        columns = candidates["last"]
+        train = select(train, columns)
+        val = select(val, columns) if val is not None else None
+    record_choice(Path(cfg.out or "."), chosen, rows, "validation" if val is not None else "cv")
+    return model, taps, SolvedProbe(chosen, fits[chosen], train, val, seconds, rows)
+
+
+def record_choice(run_dir: Path, chosen: str, rows: list[dict], on: str) -> None:
+    """The candidates and the choice, in plan.json beside a budget plan's (or alone)."""
+    path = run_dir / "plan.json"
+    plan = json.loads(path.read_text()) if path.is_file() else {}
+    plan["head_fit"] = {"method": "lbfgs", "chosen": chosen, "chosen_on": on, "candidates": rows}
+    atomic_write_text(path, json.dumps(plan, indent=1) + "\n")
+
+
+def last_columns(
+    backbones: Sequence[Backbone], model: Classifier, taps: list[list[str]]
+) -> torch.Tensor | None:
+    """Columns of the joined features that are each backbone's own pooled output (None: all)."""
+    if not any(taps):
+        return None
+    columns, start = [], 0
+    for b, wrapped in zip(backbones, model.backbones, strict=True):
+        width = wrapped.feature_width() if wrapped.taps else b.num_features
+        columns.append(torch.arange(start + width - b.num_features, start + width))
+        start += width
+    return torch.cat(columns)
+
+
+def select(features: FeatureSet, columns: torch.Tensor | None) -> FeatureSet:
+    if columns is None:
+        return features
+    flipped = features.flipped[:, columns] if features.flipped is not None else None
+    return FeatureSet(features.features[:, columns], features.labels, flipped, features.indices)
+
+
+def fit_on(
+    train: FeatureSet,
+    val: FeatureSet | None,
+    columns: torch.Tensor | None,
+    num_classes: int,
+    weight: torch.Tensor | None,
+    seed: int,
+) -> ProbeFit:
+    """One candidate's fit; mirrored training images (`--augment flip`) are extra rows."""
+    x, y = select(train, columns)
+    if train.flipped is not None:
+        x = torch.cat([x, select(train, columns).flipped])
+        y = torch.cat([y, y])
+    vx, vy = select(val, columns) if val is not None else (None, None)
+    return fit_probe(x, y, vx, vy, num_classes, class_weight=weight, seed=seed)
+
+
+def choose(fits: dict[str, ProbeFit]) -> str:
+    """The lower validation loss (as for the strength); last features on a tie."""
+    return min(fits, key=lambda k: (fits[k].val_loss or 0.0, k != "last"))
+
+
+def candidate_row(name: str, fit: ProbeFit) -> dict:
+    return {
+        "features": name,
+        "width": int(fit.weight.shape[1]),
+        "l2": fit.l2,
+        "val_accuracy": round(fit.val_accuracy or 0.0, 5),
+        "val_loss": round(fit.val_loss or 0.0, 5),
+        "strengths": [{k: round(v, 6) for k, v in t.items()} for t in fit.tried],
+    }
+
+
+def log_choice(rows: list[dict], chosen: str, has_val: bool, seconds: float, log: Log) -> None:
+    where = "validation" if has_val else "3-fold cross-validation on the training images"
+    for r in rows:
+        log(
+            f"  linear head on {r['features']} features ({r['width']} wide): best L2 {r['l2']:g}, "
+            f"{where} accuracy {r['val_accuracy']:.4f}, loss {r['val_loss']:.4f}"
+        )
+    log(f"head solved (L-BFGS) in {seconds:.1f}s: {chosen} features chosen on {where}")
+
+
+def load_solved_head(top: torch.nn.Module, fit: ProbeFit) -> None:
+    """Write `fit` into a fusion + linear head (`Classifier.top()`), exactly its map.
+
+    A head after stage features standardises them itself (`FeatureNorm`): it takes the fit's
+    statistics, so the linear layer sees the standardised features it was solved on, as bf16
+    inference prefers. A plain linear layer takes the standardisation folded into its weights.
+    """
+    layers = list(top.head) if isinstance(top.head, torch.nn.Sequential) else [top.head]
+    linear = layers[-1]
+    with torch.no_grad():
+        if len(layers) == 2:  # FeatureNorm, Linear
+            norm = layers[0]
+            norm.running_mean.copy_(fit.mean)
+            norm.running_var.copy_(fit.scale.pow(2) - norm.eps)
+            linear.weight.copy_(fit.weight)
+            linear.bias.copy_(fit.bias)
+        else:
+            weight, bias = fit.folded()
+            linear.weight.copy_(weight)
+            linear.bias.copy_(bias)

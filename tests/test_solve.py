@@ -1,0 +1,125 @@
+"""The solved linear probe: converged whatever the data size, its choices made on validation."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import tlearn
+from fast import TINY
+from tlearn.training.solve import fit_probe, solve_logistic, standardisation
+
+
+def blobs(n: int, d: int = 40, classes: int = 3, noise: float = 1.0, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(classes, d, generator=g)
+    y = torch.arange(n) % classes
+    return centers[y] + noise * torch.randn(n, d, generator=g), y
+
+
+def test_solution_is_converged_even_for_few_images():
+    """The gradient of the regularised loss vanishes at the answer: 12 images or 1,200, no
+    epoch count decides how far the head got."""
+    for n in (12, 1200):
+        x, y = blobs(n)
+        mean, scale = standardisation(x)
+        z = (x - mean) / scale
+        weight, bias, _ = solve_logistic(z, y, 3, l2=1e-2)
+        w, b = weight.clone().requires_grad_(), bias.clone().requires_grad_()
+        loss = torch.nn.functional.cross_entropy(z @ w.T + b, y) + 0.5e-2 * w.pow(2).sum()
+        loss.backward()
+        assert w.grad.abs().max() < 1e-4 and b.grad.abs().max() < 1e-4
+
+
+def test_matches_scikit_learn_at_the_same_strength():
+    """sklearn's C is 1 / (l2 * n): the same problem, the same minimiser."""
+    linear_model = pytest.importorskip("sklearn.linear_model")
+    x, y = blobs(300, noise=3.0)
+    mean, scale = standardisation(x)
+    z = (x - mean) / scale
+    weight, bias, _ = solve_logistic(z, y, 3, l2=1e-2, max_iter=500)
+    reference = linear_model.LogisticRegression(C=1 / (1e-2 * 300), tol=1e-8, max_iter=5000)
+    reference.fit(z.numpy(), y.numpy())
+    # softmax weights are defined up to a shift shared by the classes; sklearn centres them
+    ours = (weight - weight.mean(0)).numpy()
+    assert abs(ours - reference.coef_).max() < 1e-3 * max(1.0, abs(reference.coef_).max())
+
+
+def test_strength_is_chosen_on_validation():
+    """Noisy, high-dimensional data with few rows wants strong regularisation; clean data with
+    many rows wants little. The sweep finds each from validation alone, at the lowest loss."""
+    x, y = blobs(330, d=200, noise=6.0, seed=1)
+    noisy = fit_probe(x[:30], y[:30], x[30:], y[30:], 3)
+    x, y = blobs(3000, d=5, noise=0.3, seed=2)
+    clean = fit_probe(x[:2000], y[:2000], x[2000:], y[2000:], 3)
+    assert noisy.l2 >= 1e-2 and clean.l2 <= 1e-3
+    assert noisy.val_loss == min(t["val_loss"] for t in noisy.tried)
+    # the folded single linear layer is the same map
+    w, b = clean.folded()
+    assert torch.allclose(x[2000:] @ w.T + b, clean.logits(x[2000:]), atol=1e-4)
+
+
+def test_sweep_stops_once_validation_loss_rises():
+    x, y = blobs(330, d=200, noise=6.0, seed=1)
+    fit = fit_probe(x[:30], y[:30], x[30:], y[30:], 3)
+    losses = [t["val_loss"] for t in fit.tried]
+    assert len(losses) < 9 and losses[-3] < losses[-2] < losses[-1]
+
+
+def test_without_validation_it_cross_validates():
+    x, y = blobs(90)
+    fit = fit_probe(x, y, None, None, 3)
+    assert fit.val_accuracy is not None and fit.val_accuracy > 0.9
+
+
+def rows(run: Path) -> list[dict]:
+    with open(run / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_default_linear_probe_run_is_solved(make_image_folder, tmp_path):
+    """A linear probe with neither --epochs nor --lr: one solve recorded as one epoch, its
+    candidates in the log and in plan.json, the model file predicting as the solved head."""
+    data = make_image_folder(classes=("red", "green", "blue"), n=8)
+    lines: list[str] = []
+    out = tmp_path / "run"
+    options = {**TINY, "log": lines.append, "strategy": "linear-probe", "features": "auto"}
+    model = tlearn.train(str(data), out=str(out), **options)
+    assert any("head solved (L-BFGS)" in line for line in lines)
+    assert sum("linear head on" in line for line in lines) == 2  # last and stage features
+    assert len(rows(out)) == 1
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["head_fit"] == "lbfgs" and config["epochs"] == 1
+    assert config["features"] in ("last", "stages")
+    plan = json.loads((out / "plan.json").read_text())
+    chosen = plan["head_fit"]["chosen"]
+    assert chosen == config["features"]
+    assert {c["features"] for c in plan["head_fit"]["candidates"]} == {"last", "stages"}
+    reloaded = tlearn.load(out / "best.safetensors")
+    taps = reloaded.spec.backbones[0]["taps"]
+    assert bool(taps) == (chosen == "stages")
+    assert model.spec.metrics["val_accuracy"] is not None
+
+
+def test_explicit_epochs_keep_sgd(make_image_folder, tmp_path):
+    data = make_image_folder(n=6)
+    lines: list[str] = []
+    out = tmp_path / "run"
+    tlearn.train(
+        str(data), out=str(out), **{**TINY, "log": lines.append}, strategy="linear-probe",
+        epochs=2,
+    )  # fmt: skip
+    assert not any("head solved" in line for line in lines)
+    assert yaml.safe_load((out / "config.yaml").read_text())["head_fit"] == "sgd"
+    assert len(rows(out)) == 2
+
+
+def test_lbfgs_refuses_an_mlp_head(make_image_folder, tmp_path):
+    data = make_image_folder(n=4)
+    with pytest.raises(tlearn.TlearnError, match="--head-fit lbfgs solves a linear head"):
+        tlearn.train(str(data), out=str(tmp_path / "r"), **TINY, head_fit="lbfgs", head="mlp")
