@@ -23,6 +23,7 @@ from tlearn.compare import compare, format_table
 from tlearn.config import read_config_file
 from tlearn.ensemble import ensemble
 from tlearn.errors import TlearnError
+from tlearn.progress import QUIET_ENV, quiet
 
 __all__ = ["build_parser", "main", "run"]
 
@@ -38,11 +39,17 @@ def train_options(args: argparse.Namespace, *own: str) -> tuple[dict, dict]:
     return values, extras
 
 
+def _silent(line: str) -> None:
+    """`--quiet`'s log: the lines are dropped; errors and the final line still print."""
+
+
 def run_train(args: argparse.Namespace) -> int:
     api.count_process_start()  # `--budget` is this command's whole wall time
 
     values, own = train_options(args, "resume")
     resume = own["resume"]
+    if quiet():
+        values["log"] = _silent
     if resume:
         values = {k: v for k, v in values.items() if v is not None}
         model = api.train(resume=resume, **values)
@@ -201,6 +208,8 @@ def run_doctor(args: argparse.Namespace) -> int:
     options.pop("command")
     if options["folds"] < 0 or options["folds"] == 1:
         raise TlearnError("--folds must be 0 (skip the label check) or at least 2")
+    if quiet():
+        options["log"] = _silent
     result = api.doctor(options.pop("data"), **options)
     print(result.summary())
     return 0
@@ -248,6 +257,8 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 def main(argv: Sequence[str] | None = None) -> int:
     warnings.showwarning = _one_line_warning
     args = build_parser().parse_args(argv)
+    if vars(args).pop("quiet", False):
+        os.environ[QUIET_ENV] = "1"  # progress bars, here and in data workers
     api.tune_allocator()  # every command runs networks on batches: see its docstring
     try:
         return COMMANDS[args.command](args)

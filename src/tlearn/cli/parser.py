@@ -138,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_commands(sub)
 
     add_doctor_command(sub)
+    for name in ("train", "lr-find", "compare", "evaluate", "predict", "doctor", "export"):
+        sub.choices[name].add_argument(
+            "--quiet", action="store_true", help="no progress bars or log lines: errors only"
+        )
     return parser
 
 

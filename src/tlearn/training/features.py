@@ -11,15 +11,16 @@ import hashlib
 import json
 import math
 import os
+import platform
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from tlearn.config import TrainConfig
 from tlearn.data import SubsetSource, image_loader
@@ -27,10 +28,13 @@ from tlearn.data.fingerprint import fingerprint
 from tlearn.data.sampling import draw_order
 from tlearn.errors import TlearnError
 from tlearn.preprocessing import Preprocessing
+from tlearn.progress import bar as progress_bar
 from tlearn.training.runtime import (
     compile_module,
     inference_batch_size,
     inference_module,
+    read_measurements,
+    remember_measurement,
     tlearn_cache_dir,
 )
 
@@ -151,13 +155,35 @@ def _cached_or_computed(
         return hit
     if not compute:
         return None
+    speed = extraction_speed_key(backbone, pre, device, precision, flip)
+    known = read_measurements(tlearn_cache_dir() / SPEED_MEMORY).get(speed)
+    if log and isinstance(known, (int, float)) and known > 0:
+        log(
+            f"{description}: computing {len(source)} images' features, about "
+            f"{len(source) / known:.0f}s at the {known:.0f} images/s measured here before"
+        )
+    started = time.perf_counter()
     result = compute_features(backbone, source, pre, cfg, device, precision, description, flip=flip)
+    seconds = time.perf_counter() - started
+    if seconds > 0 and len(result) >= 64:  # a handful of images measures start-up, not speed
+        remember_measurement(tlearn_cache_dir() / SPEED_MEMORY, speed, len(result) / seconds)
     try:
         store_cached(cache_root(cfg), key, result)
     except OSError as e:  # a full or read-only cache costs speed next time, nothing else
         if log:
             log(f"feature cache not written ({e.strerror}); the run goes on without it")
     return result
+
+
+SPEED_MEMORY = "extraction-speed.json"  # images/s per backbone, size, precision, machine
+
+
+def extraction_speed_key(backbone, pre: Preprocessing, device, precision: str, flip: bool) -> str:
+    """What an extraction's speed depends on: the network, its input, the machine, the torch."""
+    body = getattr(backbone, "body", backbone)
+    names = f"{type(body).__name__}:{sum(p.numel() for p in body.parameters())}"
+    machine = f"{device}|{platform.processor() or platform.machine()}|{os.cpu_count()}"
+    return f"{names}@{pre.input_size}|{precision}|flip={flip}|{machine}|{torch.__version__}"
 
 
 def compute_features(
@@ -186,7 +212,7 @@ def compute_features(
         compile_module(extractor)
     rows = _Rows(len(source), flip, keep)
     with torch.inference_mode():
-        for batch in tqdm(loader, desc=description, leave=False, disable=None, unit="batch"):
+        for batch in progress_bar(loader, description, getattr(loader, "batch_size", None)):
             if batch is None:
                 continue
             x = batch[0].to(device, dtype, non_blocking=True)

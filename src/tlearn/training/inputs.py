@@ -23,8 +23,8 @@ from tlearn.training.features import (
     compute_features,
     extract_features,
 )
-from tlearn.training.order import EpochSampler
 from tlearn.training.linear_probe import SolvedProbe, load_solved_head
+from tlearn.training.order import EpochSampler
 from tlearn.training.phase import PhaseRun
 from tlearn.training.prefix_cache import PrefixExtractor, flips, storage_dtype
 from tlearn.training.runtime import (

@@ -9,12 +9,11 @@ rebuilt without stage taps when the last features won, so a model file holds wha
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import json
-import time
 
 import torch
 
@@ -53,7 +52,8 @@ def resolve_head_fit(cfg: TrainConfig) -> str:
 
 
 def solves_head(cfg: TrainConfig, strategy: str) -> bool:
-    return cfg.head_fit == "lbfgs" and cfg.trains_head_on_features(strategy)
+    linear = cfg.head in (None, "linear")
+    return cfg.head_fit == "lbfgs" and linear and cfg.trains_head_on_features(strategy)
 
 
 def solve_probe(

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
+from tlearn.progress import bar as progress_bar
 from tlearn.training.step import optimizer_step, training_loss
 
 
@@ -82,7 +82,7 @@ def train_one_epoch(
     )
     start = now()
     seen_here = 0
-    bar = tqdm(loader, desc=description, leave=False, disable=None, unit="batch")
+    bar = progress_bar(loader, description, getattr(loader, "batch_size", None))
     for batch in bar:
         if batch is not None and batchnorm_trains and len(batch[1]) < 2:
             # Batch-norm cannot normalise one image (a last batch of one, or the one decodable
@@ -140,7 +140,7 @@ def predict_all(
     start = time.perf_counter()
     logits, labels, indices = [], [], []
     offset = 0
-    for batch in tqdm(loader, desc=description, leave=False, disable=None, unit="batch"):
+    for batch in progress_bar(loader, description, getattr(loader, "batch_size", None)):
         if batch is None:
             continue
         inputs = batch[0].to(device, non_blocking=True)
