@@ -59,7 +59,7 @@ from tlearn.data.crops import (
 from tlearn.data.sampling import draw_order
 from tlearn.data.sources import ArraySource, ImageSource, SubsetSource
 from tlearn.errors import TlearnError
-from tlearn.preprocessing import Preprocessing
+from tlearn.preprocessing import Preprocessing, resize_before_crop
 
 # Stored images are this much larger than the input size when random-resized crops will run.
 CROP_MARGIN = 1.15
@@ -171,6 +171,7 @@ class DecodedImages:
         cache_dir: str | Path | None = None,
         native: bool = False,
         chunk: int = 2048,
+        crop_pct: float = 1.0,
     ) -> DecodedImages:
         """Decode `source` once: resize the shorter side to `size` (antialiased), centre-crop.
 
@@ -186,8 +187,8 @@ class DecodedImages:
         base = _base_array(source)
         if base is not None:
             size = None if native else size
-            return _decode_array(source, base, size, interpolation, cache_dir, chunk)
-        return _decode_files(source, size, interpolation, workers, cache_dir)
+            return _decode_array(source, base, size, interpolation, cache_dir, chunk, crop_pct)
+        return _decode_files(source, size, interpolation, workers, cache_dir, crop_pct)
 
 
 def _base_array(source: ImageSource) -> tuple[np.ndarray, np.ndarray | None] | None:
@@ -210,7 +211,9 @@ def _allocate(shape: tuple[int, ...], cache_dir: str | Path | None) -> tuple[tor
     return torch.from_numpy(mm), (f, mm)
 
 
-def _resize_batch(x: torch.Tensor, size: int, interpolation: str) -> torch.Tensor:
+def _resize_batch(
+    x: torch.Tensor, size: int, interpolation: str, crop_pct: float = 1.0
+) -> torch.Tensor:
     """uint8 or float `[B, C, H, W]` -> `[B, C, size, size]`: shorter side to size, centre crop.
 
     uint8 stays uint8: on the CPU torch resizes it directly (matching PIL's rounding, 3-4x faster
@@ -222,12 +225,13 @@ def _resize_batch(x: torch.Tensor, size: int, interpolation: str) -> torch.Tenso
     if as_uint8:
         x = x.float()
     mode = _TENSOR_INTERPOLATION[interpolation]
-    x = TF.resize(x, [size], interpolation=mode, antialias=interpolation != "nearest")
+    target = resize_before_crop(min(x.shape[-2:]), size, crop_pct)
+    x = TF.resize(x, [target], interpolation=mode, antialias=interpolation != "nearest")
     x = TF.center_crop(x, [size, size])
     return x.round_().clamp_(0, 255).to(torch.uint8) if as_uint8 else x
 
 
-def _decode_array(source, base, size, interpolation, cache_dir, chunk) -> DecodedImages:
+def _decode_array(source, base, size, interpolation, cache_dir, chunk, crop_pct) -> DecodedImages:
     array, subset = base
     n = len(source)
     channels = 1 if array.ndim == 3 else 3
@@ -238,7 +242,7 @@ def _decode_array(source, base, size, interpolation, cache_dir, chunk) -> Decode
         part = array[a:b] if subset is None else array[subset[a:b]]
         x = torch.from_numpy(np.array(part, copy=True) if subset is None else part)
         x = x.unsqueeze(1) if channels == 1 else x.permute(0, 3, 1, 2)  # NHWC: channels-last
-        images[a:b] = x if size is None else _resize_batch(x, size, interpolation)
+        images[a:b] = x if size is None else _resize_batch(x, size, interpolation, crop_pct)
     return DecodedImages(
         images=images,
         targets=torch.from_numpy(np.asarray(source.targets, dtype=np.int64)).clone(),
@@ -251,8 +255,8 @@ def _decode_array(source, base, size, interpolation, cache_dir, chunk) -> Decode
 class _DecodeFiles(torch.utils.data.Dataset):
     """One file -> uint8 `[3, size, size]` (or None when it cannot be decoded)."""
 
-    def __init__(self, source: ImageSource, size: int, interpolation: str):
-        self.source, self.size = source, size
+    def __init__(self, source: ImageSource, size: int, interpolation: str, crop_pct: float):
+        self.source, self.size, self.crop_pct = source, size, crop_pct
         self.interpolation = _PIL_INTERPOLATION[interpolation]
 
     def __len__(self) -> int:
@@ -263,16 +267,17 @@ class _DecodeFiles(torch.utils.data.Dataset):
             image = self.source.load(i)
         except TlearnError:
             return None
-        image = TF.resize(image, [self.size], interpolation=self.interpolation, antialias=True)
+        target = resize_before_crop(min(image.size), self.size, self.crop_pct)
+        image = TF.resize(image, [target], interpolation=self.interpolation, antialias=True)
         image = TF.center_crop(image, [self.size, self.size])
         return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 
-def _decode_files(source, size, interpolation, workers, cache_dir) -> DecodedImages:
+def _decode_files(source, size, interpolation, workers, cache_dir, crop_pct) -> DecodedImages:
     n = len(source)
     images, backing = _allocate((n, 3, size, size), cache_dir)
     loader = torch.utils.data.DataLoader(
-        _DecodeFiles(source, size, interpolation),
+        _DecodeFiles(source, size, interpolation, crop_pct),
         batch_size=32,
         num_workers=max(0, int(workers)),
         collate_fn=list,
@@ -467,6 +472,7 @@ def fast_image_loader(
         workers=workers,
         cache_dir=None if in_memory else cache_dir,
         native=native,
+        crop_pct=1.0 if crops else pre.crop_pct,  # random crops come from the whole image
     )
     return DecodedLoader(
         decoded,

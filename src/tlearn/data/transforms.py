@@ -26,7 +26,7 @@ from tlearn.data.augment import (
 )
 from tlearn.data.sources import ImageSource
 from tlearn.errors import TlearnError
-from tlearn.preprocessing import Preprocessing
+from tlearn.preprocessing import Preprocessing, resize_before_crop
 
 _INTERPOLATION = {
     "bilinear": InterpolationMode.BILINEAR,
@@ -40,10 +40,11 @@ def build_transform(
 ) -> Callable[[Image.Image], torch.Tensor]:
     """PIL RGB image -> normalised float32 CHW tensor of `pre.input_size` square.
 
-    Evaluation resizes the shorter side to the input size and centre-crops, so small images
-    (CIFAR, MNIST) are not cropped further; augmentation (a preset of `tlearn.data.augment`;
-    `hflip=False` never mirrors) applies to training only. Policies run on the uint8 tensor,
-    random erasing on the float one; mixup/cutmix act later, on whole batches.
+    Evaluation resizes and centre-crops as the weights were evaluated (`resize_before_crop`:
+    small images such as CIFAR and MNIST are enlarged and not cropped further); augmentation
+    (a preset of `tlearn.data.augment`; `hflip=False` never mirrors) applies to training only.
+    Policies run on the uint8 tensor, random erasing on the float one; mixup/cutmix act later,
+    on whole batches.
     """
     recipe = preset(augment, hflip=hflip)
     try:
@@ -56,10 +57,7 @@ def build_transform(
     if recipe.crops:
         steps: list[Any] = [ScaledRandomResizedCrop(size, interpolation)]
     else:
-        steps = [
-            v2.Resize(size, interpolation=interpolation, antialias=True),
-            v2.CenterCrop(size),
-        ]
+        steps = [ResizeCrop(size, pre.crop_pct, interpolation)]
         if recipe.shift:  # the tensor path's random_shift, image by image
             steps.append(v2.RandomCrop(size, padding=shift_pixels(size, recipe.shift)))
     if recipe.hflip:
@@ -72,6 +70,19 @@ def build_transform(
         steps.append(RandomErase(recipe.erasing))
     steps.append(v2.Normalize(mean=list(pre.mean), std=list(pre.std)))
     return v2.Compose(steps)
+
+
+class ResizeCrop:
+    """Shorter side to `resize_before_crop`'s length, then the centre `size` square."""
+
+    def __init__(self, size: int, crop_pct: float, interpolation: InterpolationMode) -> None:
+        self.size, self.crop_pct, self.interpolation = size, crop_pct, interpolation
+
+    def __call__(self, image: Any) -> Any:
+        w, h = image.size if isinstance(image, Image.Image) else image.shape[-1:-3:-1]
+        target = resize_before_crop(min(w, h), self.size, self.crop_pct)
+        image = v2.functional.resize(image, [target], self.interpolation, antialias=True)
+        return v2.functional.center_crop(image, [self.size, self.size])
 
 
 class MultiTransform:

@@ -50,7 +50,8 @@ def input_spec(pre: Preprocessing) -> dict:
         "shape": ["batch", 3, size, size],
         "range": [0, 255],
         "resize": (
-            f"shorter side to {size} px ({pre.interpolation}, antialiased), then the centre "
+            f"shorter side to {size} px ({pre.interpolation}, antialiased), or to "
+            f"{size}/{pre.crop_pct} px when it is longer than {size} px, then the centre "
             f"{size}x{size} crop; grayscale, palette, CMYK and transparent images made RGB "
             "(transparency on white), EXIF orientation applied"
         ),

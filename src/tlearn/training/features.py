@@ -271,7 +271,7 @@ class _Rows:
 
 # -- the on-disk cache ----------------------------------------------------------------------------
 
-CACHE_FORMAT = 2  # 2: source positions stored, so splits are slices
+CACHE_FORMAT = 3  # 2: source positions stored, so splits are slices; 3: crop_pct geometry
 
 
 def cache_root(cfg: TrainConfig) -> Path:
