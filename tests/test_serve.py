@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 import tlearn
+import tlearn.deploy.auto
 from tiny_run import CLASSES, train_tiny
 from tlearn.deploy.batcher import Batcher
 
@@ -125,12 +126,55 @@ def test_serves_an_onnx_file_with_the_same_answers(run, tmp_path, capsys):
     assert "top-1 agreement" in capsys.readouterr().out and (run / "model.onnx").is_file()
     assert tlearn.api.serving_engine(run, "onnx").onnx.path == run / "model.onnx"
     assert "exporting" not in capsys.readouterr().out
-    assert tlearn.api.serving_engine(run).name.startswith("pytorch")  # auto
     with TestClient(create_app(engine)) as c:
         files = [("file", ("x.png", open(p, "rb").read())) for p in want]
         answers = c.post("/predict", files=files).json()["predictions"]
         assert [a["labels"][0] for a in answers] == list(want.values())
         assert c.get("/model").json()["classes"] == list(CLASSES)
+
+
+def test_auto_serves_a_cached_verified_export_and_falls_back_to_pytorch(run, tmp_path, monkeypatch):
+    """auto: onnxruntime from an export verified and cached once (no file beside the model);
+    when it cannot be (here: no onnxruntime; no data to verify on), PyTorch, with one line."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("TLEARN_CACHE_DIR", str(tmp_path / "cache"))
+    lines: list[str] = []
+    engine = tlearn.api.serving_engine(run / "best.safetensors", log=lines.append)
+    assert engine.name == "onnxruntime" and engine.max_wait_ms == 0.0
+    assert engine.onnx.path.parent == tmp_path / "cache" / "onnx"
+    assert any("top-1 agreement" in line for line in lines) and not (run / "best.onnx").exists()
+    lines.clear()
+    again = tlearn.api.serving_engine(run, log=lines.append)  # the run folder: the same file
+    assert again.onnx.path == engine.onnx.path and lines == []  # from the cache, no export
+    in_memory = tlearn.api.serving_engine(tlearn.load(run), log=lines.append)
+    assert in_memory.name == "onnxruntime"
+    want = expected(run)
+    with TestClient(create_app(engine)) as c:
+        files = [("file", ("x.png", open(p, "rb").read())) for p in want]
+        answers = c.post("/predict", files=files).json()["predictions"]
+        assert [a["labels"][0] for a in answers] == list(want.values())
+        assert c.get("/model").json()["serving"]["max_wait_ms"] == 0.0
+
+    moved = tmp_path / "moved.safetensors"  # trained on data that is not on this machine
+    model = tlearn.load(run)
+    model.spec.config["data"] = str(tmp_path / "missing")
+    model.save(moved)
+    lines.clear()
+    fallback = tlearn.api.serving_engine(moved, log=lines.append)
+    assert fallback.name.startswith("pytorch") and fallback.max_wait_ms == 5.0
+    told = [line for line in lines if line.startswith("engine: PyTorch")]
+    assert len(told) == 1 and "--check DIR" in told[0], lines
+
+    def no_runtime(name):
+        raise tlearn.TlearnError(f"{name} is not installed: pip install 'tlearn[export]'")
+
+    monkeypatch.setattr(tlearn.deploy.auto, "require", no_runtime)
+    lines.clear()
+    assert tlearn.api.serving_engine(run, log=lines.append).name.startswith("pytorch")
+    assert lines == [
+        "engine: PyTorch, as onnxruntime cannot serve this model: onnxruntime is not "
+        "installed: pip install 'tlearn[export]'"
+    ]
 
 
 class SlowEngine:
