@@ -9,12 +9,15 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import tlearn
 import tlearn.deploy.auto
 from tiny_run import CLASSES, train_tiny
 from tlearn.deploy.batcher import Batcher
+from tlearn.deploy.export import ProbabilityGraph, fp32_copy
+from tlearn.deploy.inputs import load_files
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -269,3 +272,41 @@ def test_graceful_shutdown_answers_requests_in_flight(run):
     thread.join(20)
     assert answer.get("status") == 200
     assert not thread.is_alive()
+
+
+@pytest.mark.slow
+def test_fused_backbones_of_two_sizes_export_and_serve(run, tmp_path, monkeypatch):
+    """Two backbones at 32 and 24 px: the second's resize lives in the graph, and the served
+    answers are the fp32 PyTorch model's on the same decoded images."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("TLEARN_CACHE_DIR", str(tmp_path / "cache"))
+    fused = train_tiny(run.parent, "fused", backbone=["test_efficientnet", "test_resnet"])
+    model = tlearn.load(fused)
+    model.spec.backbones[1]["preprocessing"]["input_size"] = 24  # both are size-agnostic convnets
+    path = model.save(tmp_path / "fused.safetensors")
+    model = tlearn.load(path)
+    assert [p.input_size for p in model.spec.preprocessing] == [32, 24]
+    assert model.input_preprocessing.input_size == 32
+
+    result = tlearn.export(path, tmp_path / "fused.onnx", log=lambda s: None)
+    assert result.max_difference <= 1e-4 and result.top1_agreement == 1.0
+    engine = tlearn.api.serving_engine(path, log=lambda s: None)  # auto
+    assert engine.name == "onnxruntime"
+    sizes = [b["preprocessing"]["input_size"] for b in engine.describe()["backbones"]]
+    assert sizes == [32, 24]
+
+    files = [run.parent / "images" / c / f"{c}_00{i}.png" for c in CLASSES for i in (1, 2)]
+    images, _ = load_files(files, model.input_preprocessing)
+    with torch.inference_mode():
+        want = ProbabilityGraph(fp32_copy(model.classifier)).eval()(images).numpy()
+    torch_engine = tlearn.api.serving_engine(path, "torch")
+    for served in (engine, torch_engine):
+        with TestClient(create_app(served)) as c:
+            body = [("file", (p.name, p.read_bytes())) for p in files]
+            answers = c.post("/predict?topk=3", files=body).json()["predictions"]
+        top1 = [a["labels"][0] for a in answers]
+        assert top1 == [CLASSES[i] for i in want.argmax(1)], served.name
+        if served is engine:
+            rows = [dict(zip(a["labels"], a["probabilities"], strict=True)) for a in answers]
+            got = np.array([[row[k] for k in CLASSES] for row in rows])
+            assert np.abs(got - want).max() <= 1e-4
