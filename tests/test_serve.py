@@ -123,6 +123,12 @@ def test_serves_an_onnx_file_with_the_same_answers(run, tmp_path, capsys):
     want = expected(run)
     engine = tlearn.api.serving_engine(path)
     assert engine.name == "onnxruntime"
+    seven = np.random.default_rng(0).integers(0, 256, (7, 3, 32, 32), dtype=np.uint8)
+    whole = engine.onnx(seven)
+    engine.onnx = CountingCalls(engine.onnx)
+    np.testing.assert_allclose(engine(seven), whole, atol=1e-6)  # run 4 + 3 images at a time
+    assert engine.onnx.sizes == [4, 3]
+    engine.onnx = engine.onnx.inner
     # engine onnx serves a run from its verified export, exported once
     (run / "model.onnx").unlink(missing_ok=True)
     assert tlearn.api.serving_engine(run, "onnx").name == "onnxruntime"
@@ -178,6 +184,15 @@ def test_auto_serves_a_cached_verified_export_and_falls_back_to_pytorch(run, tmp
         "engine: PyTorch, as onnxruntime cannot serve this model: onnxruntime is not "
         "installed: pip install 'tlearn[export]'"
     ]
+
+
+class CountingCalls:
+    def __init__(self, inner):
+        self.inner, self.sizes = inner, []
+
+    def __call__(self, images):
+        self.sizes.append(len(images))
+        return self.inner(images)
 
 
 class SlowEngine:
