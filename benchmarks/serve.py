@@ -6,12 +6,13 @@ Loopback only, bounded in requests and seconds. For a run (tf_efficientnet_lite0
      says so, prepacked weights), at batch 1 and 32, timed in alternating rounds, medians;
   2. load: a real `tlearn serve` process, a single-threaded asyncio client sending real JPEGs
      (the run's test images) one per request: requests/s and p50/p99 latency at concurrency 1, 8
-     and 32 with batching (--max-batch 32), and at concurrency 32 one image at a time
-     (--max-batch 1 --max-wait-ms 0).
+     and 32 with batching (--max-batch 32, the engine's own --max-wait-ms), and at concurrency
+     32 one image at a time (--max-batch 1 --max-wait-ms 0); with the server's CPU time per
+     request and the load average, since other work on the machine moves every wall time.
 The client shares the machine's cores with the server, as a real client on the same host would.
 
     python benchmarks/serve.py --model RUN [--engine torch|onnx] [--seconds 30] [--name serve]
-        -> benchmarks/results/serve.{json,md} (auto: the faster engine at batch 32 is served)
+        -> benchmarks/results/serve.{json,md} (auto: what `tlearn serve RUN` serves)
 """
 
 from __future__ import annotations
@@ -65,11 +66,12 @@ def _engine_loop(engine, requests, answers) -> None:
         batch, seconds = job
         images = rng.integers(0, 256, (batch, 3, size, size), dtype=np.uint8)
         engine(images)  # warm-up for this shape
-        count, start = 0, time.perf_counter()
+        count, start, cpu = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - start < seconds:
             engine(images)
             count += batch
-        answers.put(count / (time.perf_counter() - start))
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+        answers.put((count / wall, 1000 * cpu / count))
 
 
 def engine_rates(run: Path, onnx_path: Path, rounds: int, seconds: float) -> dict:
@@ -84,15 +86,16 @@ def engine_rates(run: Path, onnx_path: Path, rounds: int, seconds: float) -> dic
         workers[kind] = (process, requests, answers, answers.get(timeout=600))
     out: dict = {kind: {"engine": w[3]} for kind, w in workers.items()}
     for batch in (1, 32):
-        samples: dict[str, list[float]] = {kind: [] for kind in workers}
+        samples: dict[str, list[tuple[float, float]]] = {kind: [] for kind in workers}
         for _ in range(rounds):
             for kind, (_, requests, answers, _) in workers.items():
                 requests.put((batch, seconds))
                 samples[kind].append(answers.get(timeout=600))
         for kind, values in samples.items():
             out[kind][f"batch {batch}"] = {
-                "images_per_s": round(statistics.median(values), 1),
-                "rounds": [round(v, 1) for v in values],
+                "images_per_s": round(statistics.median(v[0] for v in values), 1),
+                "cpu_ms_per_image": round(statistics.median(v[1] for v in values), 2),
+                "rounds": [round(v[0], 1) for v in values],
             }
     for process, requests, _, _ in workers.values():
         requests.put(None)
@@ -100,13 +103,23 @@ def engine_rates(run: Path, onnx_path: Path, rounds: int, seconds: float) -> dic
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux), which a loaded machine inflates far
+    less than it does wall time."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def load(
-    url: str, images: list[bytes], concurrency: int, requests: int, seconds: float
+    url: str, images: list[bytes], concurrency: int, requests: int, seconds: float, pid: int
 ) -> dict:
     latencies: list[float] = []
     failures = 0
-    next_index = 0
-    stop_at = time.perf_counter() + seconds
+    next_index, requests_wanted = 0, requests
+    requests, stop_at = 3 * 4, time.perf_counter() + seconds  # warm-up: 4 requests a connection
 
     async def worker(client: httpx.AsyncClient) -> None:
         nonlocal next_index, failures
@@ -123,10 +136,10 @@ async def load(
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
         await asyncio.gather(*[worker(client) for _ in range(3)])  # warm-up connections
         latencies.clear()
-        next_index, stop_at = 0, time.perf_counter() + seconds
-        start = time.perf_counter()
+        requests, next_index, stop_at = requests_wanted, 0, time.perf_counter() + seconds
+        cpu, start = cpu_seconds(pid), time.perf_counter()
         await asyncio.gather(*[worker(client) for _ in range(concurrency)])
-        wall = time.perf_counter() - start
+        wall, cpu = time.perf_counter() - start, cpu_seconds(pid) - cpu
         health = (await client.get(f"{url}/health")).json()
     ms = np.array(latencies) * 1000
     return {
@@ -137,6 +150,9 @@ async def load(
         "p50_ms": round(float(np.percentile(ms, 50)), 1),
         "p99_ms": round(float(np.percentile(ms, 99)), 1),
         "mean_batch": health["mean_batch"],
+        "server_cpu_ms_per_request": round(1000 * cpu / max(1, len(latencies)), 1),
+        "load_average": round(os.getloadavg()[0], 2),
+        "engine": health["engine"],
     }
 
 
@@ -144,14 +160,15 @@ def load_tests(
     run: Path, engine_args: list[str], images: list[bytes], seconds: float
 ) -> list[dict]:
     rows = []
-    plans = [
-        ("batched", ["--max-batch", "32", "--max-wait-ms", "5"], (1, 8, 32)),
+    plans = [  # batched: the engine's own --max-wait-ms (5 ms PyTorch, 0 onnxruntime)
+        ("batched", ["--max-batch", "32"], (1, 8, 32)),
         ("one at a time", ["--max-batch", "1", "--max-wait-ms", "0"], (32,)),
     ]
     for mode, flags, levels in plans:
-        with tlearn_serve(run, *engine_args, *flags) as (url, _):
+        with tlearn_serve(run, *engine_args, *flags) as (url, process):
             for c in levels:
-                row = asyncio.run(load(url, images, c, requests=max(48, 8 * c), seconds=seconds))
+                n = max(48, 8 * c)
+                row = asyncio.run(load(url, images, c, n, seconds=seconds, pid=process.pid))
                 rows.append({"mode": mode, **row})
                 print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -166,22 +183,30 @@ def write(result: dict, name: str) -> None:
         "",
         f"{result['machine']}; {result['note']}",
         "",
-        "| engine | batch 1 images/s | batch 32 images/s |",
-        "|---|---:|---:|",
+        f"load average (1 min) {result['load_average']['start']} at the start, "
+        f"{result['load_average']['engines']} after the engine timings",
+        "",
+        "| engine | batch 1 images/s | batch 32 images/s | CPU ms/image, batch 1 | batch 32 |",
+        "|---|---:|---:|---:|---:|",
     ]
     for kind in ("onnxruntime", "pytorch"):
         label = (
             f"tlearn PyTorch inference ({e['pytorch']['engine']})" if kind == "pytorch" else kind
         )
-        one, many = (e[kind][f"batch {b}"]["images_per_s"] for b in (1, 32))
-        lines.append(f"| {label} | {one:,} | {many:,} |")
+        one, many = (e[kind][f"batch {b}"] for b in (1, 32))
+        lines.append(
+            f"| {label} | {one['images_per_s']:,} | {many['images_per_s']:,} | "
+            f"{one['cpu_ms_per_image']} | {many['cpu_ms_per_image']} |"
+        )
     lines += ["", f"served engine: {result['served_engine']}", "",
-              "| mode | concurrency | requests | requests/s | p50 ms | p99 ms | mean batch |",
-              "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+              "| mode | concurrency | requests | requests/s | p50 ms | p99 ms | mean batch "
+              "| server CPU ms/request | load average |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for r in result["load"]:
         lines.append(
             f"| {r['mode']} | {r['concurrency']} | {r['requests']} | {r['requests_per_s']} | "
-            f"{r['p50_ms']:,} | {r['p99_ms']:,} | {r['mean_batch']} |"
+            f"{r['p50_ms']:,} | {r['p99_ms']:,} | {r['mean_batch']} | "
+            f"{r['server_cpu_ms_per_request']} | {r['load_average']} |"
         )
     lines += [
         "",
@@ -201,6 +226,7 @@ def main() -> None:
     parser.add_argument("--name", default="serve", help="results file name (without suffix)")
     args = parser.parse_args()
     tune_allocator()
+    loads = {"start": round(os.getloadavg()[0], 2)}
     run = Path(args.model)
     onnx_path = run / "model.onnx"
     if not onnx_path.exists():
@@ -209,16 +235,12 @@ def main() -> None:
     data = Path(args.images or Path(model.spec.config["data"]) / "test")
     images = [p.read_bytes() for p in sorted(data.rglob("*.jpg"))[:256]]
     engines = engine_rates(run, onnx_path, args.rounds, seconds=3.0)
+    loads["engines"] = round(os.getloadavg()[0], 2)
     print(json.dumps(engines, indent=1), flush=True)
-    served = args.engine
-    if served == "auto":  # the faster engine at batch 32, which is what a loaded server runs
-        faster_onnx = (
-            engines["onnxruntime"]["batch 32"]["images_per_s"]
-            > engines["pytorch"]["batch 32"]["images_per_s"]
-        )
-        served = "onnx" if faster_onnx else "torch"
-    target = onnx_path if served == "onnx" else run
-    rows = load_tests(target, ["--engine", served], images, args.seconds)
+    # auto serves the run as `tlearn serve RUN` does (its cached, verified export when it can)
+    target = onnx_path if args.engine == "onnx" else run
+    rows = load_tests(target, ["--engine", args.engine], images, args.seconds)
+    served = f"{rows[0]['engine']} (--engine {args.engine})"
     batched = next(r for r in rows if r["mode"] == "batched" and r["concurrency"] == 32)
     single = next(r for r in rows if r["mode"] == "one at a time")
     names = "+".join(b["name"] for b in model.spec.backbones)
@@ -227,6 +249,7 @@ def main() -> None:
         "model": f"{names} at {size} px, {classes} classes ({run})",
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "note": "a shared machine (other work ran at the same time): figures are noisy",
+        "load_average": loads,
         "engines": engines,
         "served_engine": served,
         "load": rows,

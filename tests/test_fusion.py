@@ -196,6 +196,9 @@ def test_two_backbones_with_different_sizes_each_get_their_own(tmp_path, make_im
         resized = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", antialias=True)
         first = model.backbones[0](resized)
         torch.testing.assert_close(model.forward_features(x)[:, :512], first)
+        # bf16 inference (evaluate, serve): torch resizes antialiased only in fp32 on a CPU
+        prepared = model.backbones[0].prepare(x.to(torch.bfloat16))
+    assert prepared.dtype == torch.bfloat16 and prepared.shape == (2, 3, 32, 32)
 
 
 # ---------------------------------------------------------------- compare

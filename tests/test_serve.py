@@ -9,11 +9,15 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import tlearn
+import tlearn.deploy.auto
 from tiny_run import CLASSES, train_tiny
 from tlearn.deploy.batcher import Batcher
+from tlearn.deploy.export import ProbabilityGraph, fp32_copy
+from tlearn.deploy.inputs import load_files
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -119,18 +123,76 @@ def test_serves_an_onnx_file_with_the_same_answers(run, tmp_path, capsys):
     want = expected(run)
     engine = tlearn.api.serving_engine(path)
     assert engine.name == "onnxruntime"
+    seven = np.random.default_rng(0).integers(0, 256, (7, 3, 32, 32), dtype=np.uint8)
+    whole = engine.onnx(seven)
+    engine.onnx = CountingCalls(engine.onnx)
+    np.testing.assert_allclose(engine(seven), whole, atol=1e-6)  # run 4 + 3 images at a time
+    assert engine.onnx.sizes == [4, 3]
+    engine.onnx = engine.onnx.inner
     # engine onnx serves a run from its verified export, exported once
     (run / "model.onnx").unlink(missing_ok=True)
     assert tlearn.api.serving_engine(run, "onnx").name == "onnxruntime"
     assert "top-1 agreement" in capsys.readouterr().out and (run / "model.onnx").is_file()
     assert tlearn.api.serving_engine(run, "onnx").onnx.path == run / "model.onnx"
     assert "exporting" not in capsys.readouterr().out
-    assert tlearn.api.serving_engine(run).name.startswith("pytorch")  # auto
     with TestClient(create_app(engine)) as c:
         files = [("file", ("x.png", open(p, "rb").read())) for p in want]
         answers = c.post("/predict", files=files).json()["predictions"]
         assert [a["labels"][0] for a in answers] == list(want.values())
         assert c.get("/model").json()["classes"] == list(CLASSES)
+
+
+def test_auto_serves_a_cached_verified_export_and_falls_back_to_pytorch(run, tmp_path, monkeypatch):
+    """auto: onnxruntime from an export verified and cached once (no file beside the model);
+    when it cannot be (here: no onnxruntime; no data to verify on), PyTorch, with one line."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("TLEARN_CACHE_DIR", str(tmp_path / "cache"))
+    lines: list[str] = []
+    engine = tlearn.api.serving_engine(run / "best.safetensors", log=lines.append)
+    assert engine.name == "onnxruntime" and engine.max_wait_ms == 0.0
+    assert engine.onnx.path.parent == tmp_path / "cache" / "onnx"
+    assert any("top-1 agreement" in line for line in lines) and not (run / "best.onnx").exists()
+    lines.clear()
+    again = tlearn.api.serving_engine(run, log=lines.append)  # the run folder: the same file
+    assert again.onnx.path == engine.onnx.path and lines == []  # from the cache, no export
+    in_memory = tlearn.api.serving_engine(tlearn.load(run), log=lines.append)
+    assert in_memory.name == "onnxruntime"
+    want = expected(run)
+    with TestClient(create_app(engine)) as c:
+        files = [("file", ("x.png", open(p, "rb").read())) for p in want]
+        answers = c.post("/predict", files=files).json()["predictions"]
+        assert [a["labels"][0] for a in answers] == list(want.values())
+        assert c.get("/model").json()["serving"]["max_wait_ms"] == 0.0
+
+    moved = tmp_path / "moved.safetensors"  # trained on data that is not on this machine
+    model = tlearn.load(run)
+    model.spec.config["data"] = str(tmp_path / "missing")
+    model.save(moved)
+    lines.clear()
+    fallback = tlearn.api.serving_engine(moved, log=lines.append)
+    assert fallback.name.startswith("pytorch") and fallback.max_wait_ms == 5.0
+    told = [line for line in lines if line.startswith("engine: PyTorch")]
+    assert len(told) == 1 and "--check DIR" in told[0], lines
+
+    def no_runtime(name):
+        raise tlearn.TlearnError(f"{name} is not installed: pip install 'tlearn[export]'")
+
+    monkeypatch.setattr(tlearn.deploy.auto, "require", no_runtime)
+    lines.clear()
+    assert tlearn.api.serving_engine(run, log=lines.append).name.startswith("pytorch")
+    assert lines == [
+        "engine: PyTorch, as onnxruntime cannot serve this model: onnxruntime is not "
+        "installed: pip install 'tlearn[export]'"
+    ]
+
+
+class CountingCalls:
+    def __init__(self, inner):
+        self.inner, self.sizes = inner, []
+
+    def __call__(self, images):
+        self.sizes.append(len(images))
+        return self.inner(images)
 
 
 class SlowEngine:
@@ -225,3 +287,41 @@ def test_graceful_shutdown_answers_requests_in_flight(run):
     thread.join(20)
     assert answer.get("status") == 200
     assert not thread.is_alive()
+
+
+@pytest.mark.slow
+def test_fused_backbones_of_two_sizes_export_and_serve(run, tmp_path, monkeypatch):
+    """Two backbones at 32 and 24 px: the second's resize lives in the graph, and the served
+    answers are the fp32 PyTorch model's on the same decoded images."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("TLEARN_CACHE_DIR", str(tmp_path / "cache"))
+    fused = train_tiny(run.parent, "fused", backbone=["test_efficientnet", "test_resnet"])
+    model = tlearn.load(fused)
+    model.spec.backbones[1]["preprocessing"]["input_size"] = 24  # both are size-agnostic convnets
+    path = model.save(tmp_path / "fused.safetensors")
+    model = tlearn.load(path)
+    assert [p.input_size for p in model.spec.preprocessing] == [32, 24]
+    assert model.input_preprocessing.input_size == 32
+
+    result = tlearn.export(path, tmp_path / "fused.onnx", log=lambda s: None)
+    assert result.max_difference <= 1e-4 and result.top1_agreement == 1.0
+    engine = tlearn.api.serving_engine(path, log=lambda s: None)  # auto
+    assert engine.name == "onnxruntime"
+    sizes = [b["preprocessing"]["input_size"] for b in engine.describe()["backbones"]]
+    assert sizes == [32, 24]
+
+    files = [run.parent / "images" / c / f"{c}_00{i}.png" for c in CLASSES for i in (1, 2)]
+    images, _ = load_files(files, model.input_preprocessing)
+    with torch.inference_mode():
+        want = ProbabilityGraph(fp32_copy(model.classifier)).eval()(images).numpy()
+    torch_engine = tlearn.api.serving_engine(path, "torch")
+    for served in (engine, torch_engine):
+        with TestClient(create_app(served)) as c:
+            body = [("file", (p.name, p.read_bytes())) for p in files]
+            answers = c.post("/predict?topk=3", files=body).json()["predictions"]
+        top1 = [a["labels"][0] for a in answers]
+        assert top1 == [CLASSES[i] for i in want.argmax(1)], served.name
+        if served is engine:
+            rows = [dict(zip(a["labels"], a["probabilities"], strict=True)) for a in answers]
+            got = np.array([[row[k] for k in CLASSES] for row in rows])
+            assert np.abs(got - want).max() <= 1e-4

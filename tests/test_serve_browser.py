@@ -3,6 +3,7 @@ page's file input, read the predicted label and the bars on screen, keep a scree
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 import tlearn
@@ -18,10 +19,12 @@ def test_page_classifies_an_uploaded_image_and_docs_render_offline(tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    pytest.importorskip("onnxruntime")  # what the default engine serves
     run = train_tiny(tmp_path)
     image = run.parent / "images" / "dog" / "dog_002.png"
     want = tlearn.load(run).predict([str(image)], topk=3)[0]
-    with tlearn_serve(run, "--engine", "torch") as (url, _), chromium() as driver:
+    with tlearn_serve(run) as (url, _), chromium() as driver:  # the default engine: auto
+        assert httpx.get(f"{url}/health").json()["engine"] == "onnxruntime"
         driver.get(f"{url}/")
         info = driver.find_element(By.ID, "model-info")
         WebDriverWait(driver, 30).until(lambda d: "3 classes" in info.text)
@@ -38,7 +41,7 @@ def test_page_classifies_an_uploaded_image_and_docs_render_offline(tmp_path):
         track = bars[0].find_element(By.CLASS_NAME, "track").size["width"]
         assert labels == want.labels
         for value, p, width in zip(shown, want.probabilities, widths, strict=True):
-            assert abs(value - 100 * p) < 0.2  # bf16 inference against predict's fp32
+            assert abs(value - 100 * p) < 0.2  # the export against predict's inference
             assert abs(width - track * p) <= 3  # the bar is drawn to scale
         preview = driver.find_element(By.ID, "preview")
         assert (

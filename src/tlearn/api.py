@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from tlearn.data import (
     load_eval_source,
     locate_builtin,
 )
+from tlearn.deploy.auto import cached_onnx_engine
 from tlearn.deploy.engines import OnnxEngine, TorchEngine
 from tlearn.deploy.export import export_model
 from tlearn.deploy.onnx_runtime import OnnxModel
@@ -42,6 +44,7 @@ from tlearn.training.runtime import (
     inference_module,
     pick_device,
     pick_precision,
+    tlearn_cache_dir,
     tune_allocator,
 )
 from tlearn.training.state import resume_config
@@ -346,13 +349,15 @@ def predict_onnx(
     return [Prediction(path=p, labels=labels, probabilities=probs) for p, labels, probs in rows]
 
 
-def serving_engine(model: Model | str | Path, engine: str = "auto", precision: str = "auto"):
+def serving_engine(
+    model: Model | str | Path, engine: str = "auto", precision: str = "auto", log=print
+):
     """What `serve` runs: an `.onnx` file in onnxruntime, or a model in tlearn's inference path.
 
-    `auto` serves a run or model file with tlearn's PyTorch inference, which served more
-    requests/s than onnxruntime at every concurrency in benchmarks/serve.py. `onnx` serves it
-    from its exported `.onnx` beside it (RUN/model.onnx, or MODEL.onnx), exported and verified
-    first when missing or older than the model.
+    `auto` serves a model with onnxruntime from a verified export cached by `tlearn.deploy.auto`
+    (faster here at every batch size and concurrency, benchmarks/serve.py), and says in one line
+    why PyTorch serves instead when it cannot. `onnx` serves it from its exported `.onnx` beside
+    it (RUN/model.onnx, or MODEL.onnx), exported and verified first when missing or older.
     """
     if engine not in ("auto", "torch", "onnx"):
         raise TlearnError(f"unknown engine {engine!r}: pass --engine auto, torch or onnx")
@@ -364,6 +369,14 @@ def serving_engine(model: Model | str | Path, engine: str = "auto", precision: s
         if not isinstance(model, (str, Path)):
             raise TlearnError("engine onnx needs a run folder, a model file or an .onnx file")
         return OnnxEngine(OnnxModel(exported_beside(model), serving=True))
+    if engine == "auto":
+        file = None if isinstance(model, Model) else resolve_model_path(model)
+        get = functools.cache(lambda: model if isinstance(model, Model) else load(model))
+        onnx, why = cached_onnx_engine(file, get, tlearn_cache_dir(), log)
+        if onnx is not None:
+            return onnx
+        log(f"engine: PyTorch, as onnxruntime cannot serve this model: {why}")
+        model = get()
     loaded = model if isinstance(model, Model) else load(model)
     device = pick_device("cpu")
     chosen = pick_precision(device, precision)
@@ -391,14 +404,15 @@ def serve(
     port: int = 8000,
     engine: str = "auto",
     max_batch: int = 32,
-    max_wait_ms: float = 5.0,
+    max_wait_ms: float | None = None,
     max_upload_mb: float = 10.0,
     log=print,
 ) -> None:
     """Serve a Model, run folder, model file or exported `.onnx` over HTTP until Ctrl-C:
-    POST /predict, the web page at /, /health, /model and /docs."""
+    POST /predict, the web page at /, /health, /model and /docs. `max_wait_ms` None: the
+    engine's own (`tlearn.deploy.engines`)."""
     tune_allocator()
-    chosen = serving_engine(model, engine)
+    chosen = serving_engine(model, engine, log=log)
     app = create_app(
         chosen, max_batch=max_batch, max_wait_ms=max_wait_ms, max_upload_mb=max_upload_mb
     )

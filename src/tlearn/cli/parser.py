@@ -216,13 +216,14 @@ def add_ship_commands(sub) -> None:
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument(
         "--engine", default="auto", choices=("auto", "torch", "onnx"),
-        help="auto: onnxruntime for an .onnx file, else tlearn's PyTorch inference (faster "
-        "here); onnx: the run's verified model.onnx, exported once if missing",
+        help="auto: onnxruntime (faster here) from a verified export cached once, PyTorch "
+        "when that cannot be; onnx: the run's verified model.onnx, exported once if missing",
     )  # fmt: skip
     srv.add_argument("--max-batch", type=int, default=32, help="images per batch at most")
     srv.add_argument(
-        "--max-wait-ms", type=float, default=5.0,
-        help="how long a request waits for others to join its batch",
+        "--max-wait-ms", type=float, default=None,
+        help="how long a request waits for others to join its batch (default: 5 for PyTorch, "
+        "0 for onnxruntime, whose cost per image does not fall with the batch)",
     )  # fmt: skip
     srv.add_argument("--max-upload-mb", type=float, default=10.0, help="larger requests get 413")
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from torchvision.transforms import v2
 
 from tlearn.data import build_transform, open_image
 from tlearn.data.images import decode_image_bytes
@@ -25,16 +26,21 @@ from tlearn.preprocessing import Preprocessing
 def uint8_transform(pre: Preprocessing) -> Callable[[Image.Image], torch.Tensor]:
     """RGB image -> uint8 CHW tensor at the model's size: tlearn's evaluation resize and crop.
 
-    Built on `build_transform`, so it resizes exactly as `evaluate` and `predict` do; the model
-    input preprocessing has mean 0 and std 1, so its float output is the uint8 values / 255 and
-    scaling back is exact.
+    These are `build_transform`'s own evaluation steps, so it resizes exactly as `evaluate` and
+    `predict` do, cut where the image becomes a uint8 tensor: with the model input's mean 0 and
+    std 1 the steps after it (scale to [0, 1], normalise) hold no information, and skipping
+    them keeps torch's thread team out of every decoding thread of the server.
     """
     if any(m != 0.0 for m in pre.mean) or any(s != 1.0 for s in pre.std):
         raise ValueError("uint8 inputs need the model's input preprocessing (mean 0, std 1)")
-    to_float = build_transform(pre, train=False)
+    steps = build_transform(pre, train=False).transforms
+    cut = next(i for i, step in enumerate(steps) if isinstance(step, v2.ToImage)) + 1
+    if not all(isinstance(step, (v2.ToDtype, v2.Normalize)) for step in steps[cut:]):
+        raise ValueError(f"evaluation steps after ToImage are not only scaling: {steps[cut:]}")
+    to_uint8 = v2.Compose(steps[:cut])
 
     def apply(image: Image.Image) -> torch.Tensor:
-        return (to_float(image) * 255.0).round_().to(torch.uint8)
+        return to_uint8(image).as_subclass(torch.Tensor)
 
     return apply
 

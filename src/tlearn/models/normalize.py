@@ -51,9 +51,10 @@ class NormalizedBackbone(nn.Module):
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """[0, 1] images at any size -> the body's input: its own size and statistics."""
         if images.shape[-1] != self.input_size or images.shape[-2] != self.input_size:
+            # in fp32: torch has no antialiased bilinear resize for bf16 on the CPU
             images = F.interpolate(
-                images, size=(self.input_size, self.input_size), mode="bilinear", antialias=True
-            )
+                images.float(), (self.input_size, self.input_size), mode="bilinear", antialias=True
+            ).to(images.dtype)
         mean, std = self.mean.to(images.dtype), self.std.to(images.dtype)
         if images.dim() == 4 and images.is_contiguous(memory_format=torch.channels_last):
             # In channels-last memory the per-channel statistics repeat every `c` values, and

@@ -55,17 +55,19 @@ def create_app(
     engine,
     *,
     max_batch: int = 32,
-    max_wait_ms: float = 5.0,
+    max_wait_ms: float | None = None,
     max_upload_mb: float = 10.0,
     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> Any:
-    """An ASGI app serving `engine` (`tlearn.deploy.engines`); the batcher lives with the app."""
+    """An ASGI app serving `engine` (`tlearn.deploy.engines`); the batcher lives with the app.
+    `max_wait_ms` None: the engine's own `max_wait_ms`."""
     fastapi = require("fastapi")
     offline = require("fastapi_offline")
     require("python_multipart")
     responses = require("fastapi.responses")
     staticfiles = require("fastapi.staticfiles")
     concurrency = require("fastapi.concurrency")
+    max_wait_ms = engine.max_wait_ms if max_wait_ms is None else max_wait_ms
     if max_upload_mb <= 0:
         raise TlearnError(f"--max-upload-mb {max_upload_mb} must be more than 0")
     Batcher(engine, max_batch, max_wait_ms).close()  # validates the options before serving
