@@ -32,10 +32,10 @@ PALETTE = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 210)}
 
 
 def _picture(path: Path, color, seed: int) -> Path:
-    """A class colour with a smooth random pattern: distinct images differ in their layout, as
-    photos do (solid noisy colours would all be near copies of each other)."""
+    """A class colour with a random pattern: distinct images differ in their layout and detail,
+    as photos do (solid noisy colours would all be near copies of each other)."""
     rng = np.random.default_rng(seed)
-    pattern = Image.fromarray(rng.integers(0, 255, (4, 4), dtype=np.uint8)).resize(
+    pattern = Image.fromarray(rng.integers(0, 255, (10, 12), dtype=np.uint8)).resize(
         (48, 40), Image.Resampling.BICUBIC
     )
     shade = np.asarray(pattern, dtype=np.float32)[..., None] / 255.0 - 0.5
@@ -43,6 +43,18 @@ def _picture(path: Path, color, seed: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(a, "RGB").save(path)
     return path
+
+
+def _resaved_copy(im: Image.Image) -> Image.Image:
+    """The benchmark's near copy: resized to 70%, a 5% crop, JPEG quality 60."""
+    w, h = im.size
+    im = im.resize((int(w * 0.7), int(h * 0.7)), Image.Resampling.BILINEAR)
+    w, h = im.size
+    dx, dy = int(w * 0.025), int(h * 0.025)
+    buf = io.BytesIO()
+    im.crop((dx, dy, w - dx, h - dy)).save(buf, format="JPEG", quality=60)
+    buf.seek(0)
+    return Image.open(buf).convert("RGB")
 
 
 @pytest.fixture
@@ -61,12 +73,14 @@ def faulty(tmp_path) -> tuple[Path, dict[str, Path]]:
         "duplicate": train / "green" / "green_copy.png",
         "leak": train / "blue" / "from_test.png",
         "label": train / "green" / "actually_red.png",
+        "near": train / "blue" / "blue_004_small.jpg",
     }
     faults["corrupt"].write_bytes(b"this is not a png")
     faults["empty"].write_bytes(b"")
     shutil.copy(train / "green" / "green_003.png", faults["duplicate"])
     shutil.copy(root / "test" / "blue" / "blue_002.png", faults["leak"])
     shutil.move(train / "red" / "red_005.png", faults["label"])
+    _resaved_copy(Image.open(train / "blue" / "blue_004.png")).save(faults["near"])
     return root, faults
 
 
@@ -95,7 +109,10 @@ def test_doctor_finds_each_injected_fault_and_writes_its_files(faulty, tmp_path)
     labels = {Path(r["file"]).name: r["suggested"] for r in rows if r["kind"] == "label"}
     assert labels.get("actually_red.png") in ("red", "blue")  # not its given green
     assert result.counts["label"] <= 3  # the flipped one, not the clean colours
-    assert result.counts["near-duplicate"] == 0  # distinct noise images are not copies
+    near = [r for r in rows if r["kind"] == "near-duplicate"]  # the one resaved copy, no other
+    assert [{Path(r["file"]).name, Path(r["related"]).name} for r in near] == [
+        {"blue_004.png", "blue_004_small.jpg"}
+    ]
     assert "exclude" == next(r["action"] for r in leak)
     assert sorted((p, p.stat().st_mtime_ns) for p in root.rglob("*")) == before  # untouched
     page = (tmp_path / "doc" / "doctor.html").read_text()
@@ -189,18 +206,6 @@ def _garment(rng: np.random.Generator, size=(160, 200)) -> Image.Image:
     a[py0 : py0 + patch.shape[0], px0 : px0 + patch.shape[1]] -= patch
     a += rng.normal(0, 4, a.shape)  # sensor noise
     return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "RGB")
-
-
-def _resaved_copy(im: Image.Image) -> Image.Image:
-    """The benchmark's near copy: resized to 70%, a 5% crop, JPEG quality 60."""
-    w, h = im.size
-    im = im.resize((int(w * 0.7), int(h * 0.7)), Image.Resampling.BILINEAR)
-    w, h = im.size
-    dx, dy = int(w * 0.025), int(h * 0.025)
-    buf = io.BytesIO()
-    im.crop((dx, dy, w - dx, h - dy)).save(buf, format="JPEG", quality=60)
-    buf.seek(0)
-    return Image.open(buf).convert("RGB")
 
 
 def test_distinct_garments_on_one_backdrop_are_not_copies_but_a_resaved_copy_is():
