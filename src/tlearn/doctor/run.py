@@ -122,6 +122,8 @@ def _catalog_features(catalog: Catalog, features: Extractor) -> tuple[np.ndarray
 
 def _near_copies(catalog, checks, feats, rows, digests, seed):
     """The calibrated threshold, and `(i, j, similarity)` for each near pair (catalogue numbers)."""
+    if len(rows) < 2:
+        return None, []
     bases = np.stack([_grey(checks[int(i)]) for i in rows])
     found = dup.search(feats, bases)
     a, b = rows[found.pairs[:, 0]], rows[found.pairs[:, 1]]
