@@ -7,9 +7,10 @@ the original is never written), then injects into train/: 5% of its labels flipp
 to another class folder), 30 exact copies, 30 near copies (resized to 70%, JPEG quality 60, a
 5% crop), 20 test images copied in (leakage) and 10 corrupt files (empty, cut short, not an
 image). It runs `tlearn.doctor` on the copy and measures recall and precision per kind, then
-trains the same linear probe on the clean copy, the noisy one, and the noisy one with
+trains the same linear probe on the clean data, the noisy copy, and the noisy one with
 `--exclude issues.csv`, each scored on the untouched test split. Writes
-`benchmarks/results/doctor.json` and `doctor.md`. The machine is shared, so times are noisy.
+`benchmarks/results/doctor.json` and `doctor.md` (one section per dataset). The machine is
+shared, so times are noisy: the record keeps the load average.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ COPY_KINDS = ("duplicate", "near-duplicate", "conflict", "leak")
 
 def unmodified(clean: Path, args) -> dict:
     """Copy findings on the untouched data: every one a false alarm, or a copy it already had."""
-    out = clean.parent / "doctor-clean"
+    out = Path(args.work) / "doctor-clean"
     result = tlearn.doctor(str(clean), backbone=args.backbone, image_size=args.image_size,
                            out=out, folds=0, log=lambda s: None)  # fmt: skip
     with open(out / "issues.csv", newline="") as f:
@@ -178,13 +179,13 @@ def main() -> int:
     p.add_argument(
         "--reuse", action="store_true", help="keep --work's copies, faults and doctor findings"
     )
+    p.add_argument("--note", default="", help="a line for the results (how the run was made)")
     args = p.parse_args()
     work = Path(args.work)
-    clean, noisy = work / "clean", work / "noisy"
+    clean, noisy = Path(args.data), work / "noisy"  # the original is only read, never written
     if not args.reuse:
         shutil.rmtree(work, ignore_errors=True)
-        for dst in (clean, noisy):
-            shutil.copytree(args.data, dst, ignore=shutil.ignore_patterns(".*"))
+        shutil.copytree(args.data, noisy, ignore=shutil.ignore_patterns(".*"))
         inject(noisy, args.seed)
     truth = truth_from_names(noisy, clean)
     load = [round(x, 1) for x in os.getloadavg()]
@@ -211,6 +212,7 @@ def main() -> int:
         "load_average": {"before": load, "after": load_after},
         "threshold": _threshold(result.threshold) if result else None,
         "injected": {k: len(v) for k, v in truth.items()}, "machine": platform.processor(),
+        "note": args.note,
         **score(rows, truth),
     }  # fmt: skip
     record["unmodified"] = unmodified(clean, args)
@@ -225,9 +227,13 @@ def main() -> int:
         record["accuracy"] = acc
         lost = acc["clean"] - acc["noisy"]
         record["recovered_share"] = (acc["cleaned"] - acc["noisy"]) / lost if lost > 0 else None
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "doctor.json").write_text(json.dumps(record, indent=1))
-    (RESULTS / "doctor.md").write_text(markdown(record))
+    RESULTS.mkdir(exist_ok=True)  # one record per dataset, the others' kept
+    path = RESULTS / "doctor.json"
+    records = json.loads(path.read_text()) if path.is_file() else {}
+    records = records if "data" not in records else {}  # an old single-record file
+    records[Path(args.data).name] = record
+    path.write_text(json.dumps(records, indent=1))
+    (RESULTS / "doctor.md").write_text("\n".join(markdown(r) for r in records.values()))
     print(markdown(record))
     return 0
 
@@ -268,6 +274,8 @@ def markdown(r: dict) -> str:
         f"anywhere in the list: {r['flip_recall_all']:.0%}; suggested label right for "
         f"{r['flip_suggestion_correct']:.0%} of those found. Reported per kind: {r['reported']}.",
     ]
+    if r.get("note"):
+        lines += ["", r["note"]]
     u = r.get("unmodified")
     if u:
         lines += [
@@ -283,7 +291,7 @@ def markdown(r: dict) -> str:
             "",
             "| linear probe trained on | test accuracy |",
             "|---|---|",
-            f"| clean copy | {a['clean']:.2%} |",
+            f"| clean data | {a['clean']:.2%} |",
             f"| noisy copy | {a['noisy']:.2%} |",
             f"| noisy copy, `--exclude issues.csv` | {a['cleaned']:.2%} |",
             "",
