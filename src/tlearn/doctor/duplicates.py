@@ -1,15 +1,16 @@
 """Exact copies (the same decoded pixels) and near copies (resized, recompressed, cropped).
 
-Near copies are pairs that look alike twice over: nearest neighbours in the frozen backbone's
-feature space (cosine of the features) whose small grey thumbnails also correlate. Either alone
-confuses two photos of similar jeans on the same floor with one photo saved twice: pooled
-features forget where things are, thumbnails forget what they are. A pair is a copy when the sum
-of the two similarities reaches a threshold calibrated on the data itself (`calibrate`): copies
-of some of its own images are generated the way copies arise (downscaled, JPEG-recompressed,
-trimmed at the borders), and the threshold is set where nearly all of them (`CALIBRATION_KEEP`)
-would be found. A fixed number would be right for one backbone and one kind of photo only; the
-copies' scores say where "the same picture" lies for these images and this network. The
-benchmark (`benchmarks/doctor.py`) measures recall and false alarms with it on real data.
+Near copies are found in two steps. Candidates: each image's nearest neighbours in the frozen
+backbone's feature space and in a blurry thumbnail's space (`candidate_pairs`); the thumbnail
+finds the original of a much-downscaled copy that the features of a small image lose.
+Confirmation: the candidates' fine detail, aligned (`pixels.pair_similarity`), which two photos
+of different shirts on the same cloth fail however alike their features are. The threshold on
+that similarity comes from the data itself (`calibrate`), from two sides: copies of some of its
+own images are generated the way copies arise (downscaled, trimmed, JPEG-recompressed), and the
+data's own nearest pairs, nearly all distinct images, say how alike two different pictures of
+this data can look. The threshold sits halfway between where the copies begin and where the
+distinct pairs end; a fixed number would be right for one kind of photo only. The benchmark
+(`benchmarks/doctor.py`) measures recall and false alarms with it on real data.
 """
 
 from __future__ import annotations
@@ -20,21 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-THUMB = 16  # side of the grey thumbnails compared, after trimming 5% of each border
-CALIBRATION_KEEP = 0.97  # share of generated copies the threshold must catch
-PREFILTER_MARGIN = 0.05  # feature cosine below the copies' lowest by this is never a copy
+from tlearn.doctor import pixels
+
+NEIGHBOURS = 5  # candidates per image in each of the two spaces
+CALIBRATION_KEEP = 0.97  # where the copies begin: the similarity 97% of generated copies reach
+DISTINCT_SPREAD = 4.0  # where distinct pairs end: robust deviations above their median
 _BLOCK = 2048  # rows per block of the similarity matrix
 _PROJECT_ABOVE = 20_000  # items; more are compared in a 128-dim PCA projection (O(N^2) search)
-
-
-def thumbnail(im: Image.Image) -> np.ndarray:
-    """A zero-mean, unit-norm grey THUMB x THUMB vector of the image's central 90%."""
-    w, h = im.size
-    box = (int(w * 0.05), int(h * 0.05), max(int(w * 0.95), 1), max(int(h * 0.95), 1))
-    small = im.crop(box).convert("L").resize((THUMB, THUMB), Image.Resampling.BOX)
-    a = np.asarray(small, dtype=np.float32).ravel()
-    a = a - a.mean()
-    return a / (np.linalg.norm(a) + 1e-6)
 
 
 def make_copy(im: Image.Image, rng: np.random.Generator) -> Image.Image:
@@ -66,45 +59,96 @@ def _project(x: np.ndarray, width: int) -> np.ndarray:
     return (x - mean) @ vt[:width].T
 
 
+def _fisher(r: np.ndarray) -> np.ndarray:
+    """Correlations on the scale where their spread is even (atanh): 0.99 is far from 0.9."""
+    return np.arctanh(np.clip(np.asarray(r, dtype=np.float64), -0.9999, 0.9999))
+
+
 @dataclass
 class Threshold:
-    """A pair is a copy when cosine + thumbnail correlation >= `combined`, cosine >= `floor`."""
+    """A candidate pair is a copy when its aligned pixel similarity reaches `similarity`."""
 
-    combined: float
-    floor: float
+    similarity: float
+    copies_from: float  # the similarity CALIBRATION_KEEP of the generated copies reach
+    distinct_to: float  # the end of the data's distinct pairs (median + DISTINCT_SPREAD dev.)
     copies: int  # generated copies it was calibrated on
-    copy_scores: list[float]  # their combined scores (for the benchmark and the page)
+    copy_scores: list[float]  # their similarities (for the benchmark and the page)
+
+    @property
+    def separated(self) -> bool:
+        """False when copies and distinct pairs overlap: then precision wins, recall may fall."""
+        return self.copies_from > self.distinct_to
 
 
-def calibrate(
-    originals: np.ndarray, copies: np.ndarray, thumbs_o: np.ndarray, thumbs_c: np.ndarray
-) -> Threshold:
-    """The threshold catching CALIBRATION_KEEP of generated copies (rows pair up by position)."""
-    a, b = unit_rows(originals), unit_rows(copies)
-    cosine = (a * b).sum(1)
-    score = cosine + (thumbs_o * thumbs_c).sum(1)
-    combined = float(np.quantile(score, 1 - CALIBRATION_KEEP))
-    floor = float(cosine.min()) - PREFILTER_MARGIN
-    return Threshold(combined, floor, len(score), sorted(float(s) for s in score))
+def calibrate(copy_scores: np.ndarray, distinct_best: np.ndarray) -> Threshold:
+    """Halfway (on the atanh scale) between the copies' start and the distinct pairs' end.
+
+    `copy_scores`: similarity of each generated copy to its original. `distinct_best`: each
+    image's best similarity among its candidates (exact copies left out). A few real copies in
+    the data sit in the latter's tail; median and median absolute deviation ignore them.
+    """
+    zc, zd = _fisher(copy_scores), _fisher(distinct_best)
+    copies_from = float(np.quantile(zc, 1 - CALIBRATION_KEEP))
+    median = float(np.median(zd)) if len(zd) else 0.0
+    spread = 1.4826 * float(np.median(np.abs(zd - median))) if len(zd) else 0.0
+    distinct_to = median + DISTINCT_SPREAD * spread
+    z = (copies_from + distinct_to) / 2 if copies_from > distinct_to else distinct_to
+    return Threshold(
+        float(np.tanh(z)), float(np.tanh(copies_from)), float(np.tanh(distinct_to)),
+        len(copy_scores), sorted(float(s) for s in copy_scores),
+    )  # fmt: skip
 
 
-def near_pairs(
-    features: np.ndarray, thumbs: np.ndarray, threshold: Threshold
-) -> list[tuple[int, int, float]]:
-    """`(i, j, score)` with i < j for every pair at or above the threshold."""
-    x = unit_rows(features)
-    pairs: list[tuple[int, int, float]] = []
+def candidate_pairs(features: np.ndarray, coarse: np.ndarray, k: int = NEIGHBOURS) -> np.ndarray:
+    """[m, 2] pairs (i < j, each once): j among i's k nearest in either space, or i in j's."""
+    found = [_nearest(unit_rows(features), k), _nearest(coarse.astype(np.float32), k)]
+    n = len(features)
+    i = np.repeat(np.arange(n), sum(f.shape[1] for f in found))
+    j = np.concatenate(found, axis=1).ravel()
+    keep = i != j
+    lo, hi = np.minimum(i, j)[keep], np.maximum(i, j)[keep]
+    return np.unique(np.stack([lo, hi], axis=1), axis=0).astype(np.int64)
+
+
+def _nearest(x: np.ndarray, k: int) -> np.ndarray:
+    """[n, k] each row's k most similar other rows (rows unit-length), blockwise."""
+    k = min(k, len(x) - 1)
+    out = np.zeros((len(x), max(k, 0)), dtype=np.int64)
+    if k <= 0:
+        return out
     for start in range(0, len(x), _BLOCK):
         block = x[start : start + _BLOCK] @ x.T
-        rows, cols = np.nonzero(block >= threshold.floor)
-        i = rows + start
-        keep = cols > i
-        i, j, cos = i[keep], cols[keep], block[rows[keep], cols[keep]]
-        score = cos + (thumbs[i] * thumbs[j]).sum(1)
-        hit = score >= threshold.combined
-        found = zip(i[hit], j[hit], score[hit], strict=True)
-        pairs += [(int(a), int(b), float(s)) for a, b, s in found]
-    return pairs
+        block[np.arange(len(block)), np.arange(start, start + len(block))] = -np.inf
+        out[start : start + len(block)] = np.argpartition(-block, k - 1, axis=1)[:, :k]
+    return out
+
+
+@dataclass
+class Candidates:
+    pairs: np.ndarray  # [m, 2] rows of the features / bases, i < j
+    similarity: np.ndarray  # [m] aligned pixel similarity (`pixels.pair_similarity`)
+
+
+def search(features: np.ndarray, bases: np.ndarray) -> Candidates:
+    """Candidate pairs of the items (features and grey bases row by row), with their scores."""
+    pairs = candidate_pairs(features, pixels.coarse_views(bases))
+    return Candidates(pairs, pixels.pair_similarity(bases, pairs))
+
+
+def best_per_item(n: int, found: Candidates, leave_out: np.ndarray) -> np.ndarray:
+    """[n] each item's best candidate similarity, pairs where `leave_out` is true not counted."""
+    best = np.full(n, -1.0)
+    keep = ~leave_out
+    for side in (0, 1):
+        np.maximum.at(best, found.pairs[keep, side], found.similarity[keep])
+    return best[best > -1.0]
+
+
+def copy_similarity(bases: np.ndarray, copies: np.ndarray) -> np.ndarray:
+    """[n] similarity of each copy's grey base to its original's (rows pair up by position)."""
+    both = np.concatenate([bases, copies])
+    pairs = np.stack([np.arange(len(bases)), len(bases) + np.arange(len(copies))], axis=1)
+    return pixels.pair_similarity(both, pairs)
 
 
 def exact_groups(digests: list[str]) -> list[list[int]]:

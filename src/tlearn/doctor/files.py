@@ -18,9 +18,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tlearn.data.images import to_rgb
-from tlearn.doctor.duplicates import thumbnail
 from tlearn.doctor.findings import Finding
 from tlearn.doctor.inputs import Catalog
+from tlearn.doctor.pixels import grey_base
 
 # Modes that lose or distort pixels when made RGB wherever they occur; others are unusual only
 # when few files of the dataset have them (grayscale is the norm in a scanned-digits set).
@@ -37,7 +37,7 @@ class FileCheck:
     width: int = 0
     height: int = 0
     digest: str = ""  # of the decoded pixels; "" when it does not decode
-    thumb: np.ndarray | None = None  # `duplicates.thumbnail` of the decoded image
+    grey: np.ndarray | None = None  # `pixels.grey_base` of the decoded image
 
 
 def check_file(path: str | Path, max_pixels: int | None = None) -> FileCheck:
@@ -61,7 +61,7 @@ def check_file(path: str | Path, max_pixels: int | None = None) -> FileCheck:
         text = str(exc) or type(exc).__name__
         kind = "truncated" if "truncated" in text.lower() else "unreadable"
         return FileCheck(kind, text[:120])
-    return FileCheck("", "", mode, rgb.width, rgb.height, pixel_digest(rgb), thumbnail(rgb))
+    return FileCheck("", "", mode, rgb.width, rgb.height, pixel_digest(rgb), grey_base(rgb))
 
 
 def pixel_digest(rgb: Image.Image) -> str:
@@ -80,7 +80,7 @@ def check_catalog(catalog: Catalog, max_pixels: int | None, workers: int = 0) ->
             src = catalog.sources[int(catalog.split[i])]
             im = src.load(int(catalog.local[i]))
             checks[i] = FileCheck(
-                "", "", "RGB", im.width, im.height, pixel_digest(im), thumbnail(im)
+                "", "", "RGB", im.width, im.height, pixel_digest(im), grey_base(im)
             )
     paths = [catalog.paths[i] for i in files]
     if workers > 1 and len(paths) >= _SERIAL_BELOW:

@@ -13,7 +13,7 @@ from tlearn.doctor.duplicates import groups_of
 from tlearn.doctor.findings import Finding
 from tlearn.doctor.inputs import Catalog
 
-EXACT = 2.0  # the score of an exact copy: the most a near pair's cosine + correlation can be
+EXACT = 1.0  # the score of an exact copy: the most a near pair's pixel similarity can be
 
 
 def duplicate_findings(

@@ -51,9 +51,17 @@ def write_page(path: Path, result, catalog: Catalog, data: str) -> Path:
     if result.threshold is not None:
         t = result.threshold
         parts.append(
-            f"<p>Near copies: similarity (feature cosine + thumbnail correlation) of at least "
-            f"{t.combined:.3f}, calibrated on {t.copies} generated copies of the data's images.</p>"
+            f"<p>Near copies: candidates (nearest neighbours in feature space and in a blurry "
+            f"thumbnail's) whose aligned fine detail correlates at {t.similarity:.3f} or more: "
+            f"halfway between where {t.copies} generated copies of the data's images begin "
+            f"({t.copies_from:.3f}) and where its distinct nearest pairs end "
+            f"({t.distinct_to:.3f}).</p>"
         )
+        if not t.separated:
+            parts.append(
+                "<p>On this data generated copies and distinct images overlap: the threshold "
+                "keeps false alarms out, so some near copies may be missed.</p>"
+            )
     by_kind: dict[str, list[Finding]] = {}
     for f in sorted_findings(result.findings):
         by_kind.setdefault(f.kind, []).append(f)

@@ -7,7 +7,6 @@ run already computed them). Nothing in the user's data is written, moved or dele
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,8 +16,9 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from tlearn.data.sources import FolderSource, ImageSource
+from tlearn.data.sources import ImageSource
 from tlearn.doctor import duplicates as dup
+from tlearn.doctor import pixels
 from tlearn.doctor.files import check_catalog, file_findings
 from tlearn.doctor.findings import Finding, counts, write_issues
 from tlearn.doctor.groups import duplicate_findings
@@ -88,10 +88,8 @@ def run_doctor(
     seconds["features"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    thumbs = _thumbnails(catalog, checks, rows)
-    threshold = _calibrate(catalog, features, feats, rows, thumbs, seed)
-    near = [(int(rows[a]), int(rows[b]), s) for a, b, s in dup.near_pairs(feats, thumbs, threshold)]
     digests = [c.digest for c in checks]
+    threshold, near = _near_copies(catalog, checks, feats, rows, digests, seed)
     findings += duplicate_findings(catalog, dup.exact_groups(digests), near, digests)
     seconds["duplicates"] = time.perf_counter() - clock
 
@@ -122,30 +120,34 @@ def _catalog_features(catalog: Catalog, features: Extractor) -> tuple[np.ndarray
     return np.concatenate(parts), np.concatenate(rows)
 
 
-def _thumbnails(catalog: Catalog, checks, rows: np.ndarray) -> np.ndarray:
-    thumbs = np.zeros((len(rows), dup.THUMB * dup.THUMB), dtype=np.float32)
-    for k, i in enumerate(rows):
-        t = checks[int(i)].thumb
-        if t is not None:
-            thumbs[k] = t
-    return thumbs
-
-
-def _calibrate(catalog, features, feats, rows, thumbs, seed) -> dup.Threshold:
-    """Features of generated copies of some of the data's own images (see `duplicates`)."""
+def _near_copies(catalog, checks, feats, rows, digests, seed):
+    """The calibrated threshold, and `(i, j, similarity)` for each near pair (catalogue numbers)."""
+    if len(rows) < 2:
+        return None, []
+    bases = np.stack([_grey(checks[int(i)]) for i in rows])
+    found = dup.search(feats, bases)
+    a, b = rows[found.pairs[:, 0]], rows[found.pairs[:, 1]]
+    same = [bool(digests[i]) and digests[i] == digests[j] for i, j in zip(a, b, strict=True)]
+    exact = np.array(same, dtype=bool)
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(rows), min(CALIBRATION_IMAGES, len(rows)), replace=False)
-    with tempfile.TemporaryDirectory(prefix="tlearn-doctor-") as tmp:
-        folder = Path(tmp) / "copies"
-        folder.mkdir()
-        for k, r in enumerate(pick):
-            i = int(rows[r])
-            im = catalog.sources[int(catalog.split[i])].load(int(catalog.local[i]))
-            dup.make_copy(im, rng).save(folder / f"{k:04d}.png")
-        copies = FolderSource([(p, 0) for p in sorted(folder.iterdir())], ["copy"], str(folder))
-        copy_feats, positions = features(copies, "doctor/calibration", cache=False)
-        copy_thumbs = np.stack([dup.thumbnail(Image.open(copies.paths[p])) for p in positions])
-    return dup.calibrate(feats[pick[positions]], copy_feats, thumbs[pick[positions]], copy_thumbs)
+    copies = np.stack([pixels.grey_base(dup.make_copy(_load(catalog, rows[r]), rng)) for r in pick])
+    threshold = dup.calibrate(
+        dup.copy_similarity(bases[pick], copies),
+        dup.best_per_item(len(rows), found, exact),
+    )
+    hit = (found.similarity >= threshold.similarity) & ~exact
+    found_near = zip(a[hit], b[hit], found.similarity[hit], strict=True)
+    near = [(int(i), int(j), float(s)) for i, j, s in found_near]
+    return threshold, near
+
+
+def _grey(check) -> np.ndarray:
+    return check.grey if check.grey is not None else np.zeros((pixels.BASE,) * 2, np.uint8)
+
+
+def _load(catalog: Catalog, i) -> Image.Image:
+    return catalog.sources[int(catalog.split[int(i)])].load(int(catalog.local[int(i)]))
 
 
 def _label_findings(catalog, feats, rows, folds, seed) -> list[Finding]:
