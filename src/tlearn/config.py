@@ -17,6 +17,7 @@ import yaml
 
 from tlearn.errors import TlearnError
 from tlearn.files import atomic_write_text
+from tlearn.units import parse_bytes, parse_duration  # noqa: F401 (imported from here too)
 
 STRATEGIES = ("auto", "linear-probe", "finetune", "gradual", "freeze:N")
 HEADS = ("linear", "mlp")
@@ -29,6 +30,7 @@ FUSIONS = ("concat", "sum", "gated")
 FEATURES = ("auto", "last", "stages")
 MONITORS = ("val_loss", "val_accuracy")
 BALANCES = ("none", "weighted-loss", "sampler")
+LR_SCALES = ("none", "linear", "sqrt")  # --lr-scale: x N, x sqrt(N) or as given, N processes
 
 # Options a `--budget` plan may choose: None in a TrainConfig means the user did not give them,
 # so an explicit value survives the plan; whatever is still None after planning becomes this.
@@ -194,6 +196,8 @@ class TrainConfig:
     seed: int = opt(0, "random seed for splits, initialisation and order")
     out: str | None = opt(None, "run folder (default: runs/<data>-<time>)")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    nproc: int | None = opt(None, "train in N processes on this machine (torchrun + DDP)")
+    lr_scale: str = opt("none", "scale --lr to the global batch (N x --batch-size)", LR_SCALES)
     precision: str = opt("auto", "compute precision", PRECISIONS)
     workers: int | None = opt(None, "data-loading processes (default: from the CPU count)")
     memory_limit: str | None = opt(
@@ -362,8 +366,9 @@ class TrainConfig:
         for name in ("train_limit", "eval_limit"):
             if getattr(self, name) is not None:
                 _check_range(name, getattr(self, name), 2, 10**9)
-        if self.workers is not None:
-            _check_range("workers", self.workers, 0, 64)
+        for name, hi in (("workers", 64), ("nproc", 1024)):
+            if getattr(self, name) is not None:
+                _check_range(name, getattr(self, name), 0 if name == "workers" else 1, hi)
         _check_range("checkpoint_every", self.checkpoint_every, 0, 10**9)
         if self.budget is not None:
             parse_duration(self.budget)
@@ -390,6 +395,7 @@ class TrainConfig:
             ("features", FEATURES),
             ("monitor", MONITORS),
             ("balance", BALANCES),
+            ("lr_scale", LR_SCALES),
         ):
             value = getattr(self, name)
             if value is None and name in PLANNABLE_DEFAULTS:
@@ -459,29 +465,6 @@ def default_of(f: Any) -> Any:
     if f.default is not MISSING:
         return f.default
     return f.default_factory()  # type: ignore[misc]
-
-
-def parse_bytes(text: str | int) -> int:
-    """`4G`, `500M`, `1.5GB` or a plain number of bytes."""
-    match = re.fullmatch(r"\s*([\d.]+)\s*([kmgt]?)i?b?\s*", str(text).lower())
-    if not match:
-        raise TlearnError(f"--memory-limit {text!r} must be a size like 4G, 500M or 2000000000")
-    scale = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[match.group(2)]
-    return int(float(match.group(1)) * scale)
-
-
-def parse_duration(text: str | int | float) -> float:
-    """`90s`, `10m`, `2h`, `1h30m` or a plain number of seconds, in seconds."""
-    value = str(text).strip().lower()
-    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms]?)", value)
-    if not value or not re.fullmatch(r"(\s*\d+(\.\d+)?\s*[hms]?)+", value):
-        parts = []
-    if len(parts) > 1 and any(not unit for _, unit in parts):
-        parts = []
-    seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1, "": 1}[unit] for n, unit in parts)
-    if not parts or seconds <= 0:
-        raise TlearnError(f"--budget {text!r} must be a duration like 90s, 10m, 2h or 1h30m")
-    return seconds
 
 
 def check_batch_size(value: int) -> int:

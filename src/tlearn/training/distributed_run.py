@@ -1,0 +1,66 @@
+"""A run as one rank of a torchrun job: what differs from a one-process run before training.
+
+Every rank runs the whole recipe (`trainer.fit`) on the same options and data; these pieces make
+them agree where a process on its own would decide by itself, and keep the run folder rank 0's:
+- options a rank cannot plan alone are refused (`--budget` measures one process's speed);
+- the memory limit is the smallest any rank can afford, so every rank takes the same data path;
+- rank 0 makes the run folder and names it to the others; they write their copies of the
+  bookkeeping into a scratch folder of their own, deleted at the end, so exactly one run folder
+  exists however many processes trained;
+- only rank 0 prints (`TLEARN_LOG_RANKS=all` prints every rank's lines, prefixed, to stderr).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from tlearn.config import TrainConfig
+from tlearn.data.decoded import default_memory_limit
+from tlearn.errors import TlearnError
+from tlearn.training import distributed
+from tlearn.training.runtime import pick_device
+
+Log = Callable[[str], None]
+_SCRATCH: dict[int, Path] = {}  # id(cfg) -> a rank's scratch folder
+
+
+def join_job(cfg: TrainConfig, log: Log) -> Log:
+    """Join the job's process group; returns the log this rank writes to."""
+    if cfg.budget is not None:
+        raise TlearnError(
+            "--budget plans the time of one process: drop --budget when training with several "
+            "processes (give --epochs instead)"
+        )
+    w = distributed.init(pick_device(cfg.device))
+    if cfg.memory_limit is None:  # half of the free memory of the tightest machine
+        cfg.memory_limit = str(int(distributed.min_all(default_memory_limit())))
+    if w.main:
+        return log
+    if os.environ.get("TLEARN_LOG_RANKS") == "all":
+        return lambda line: print(f"rank {w.rank}: {line}", file=sys.stderr, flush=True)
+    return lambda line: None
+
+
+def job_folder(cfg: TrainConfig, prepare: Callable[[], Path]) -> Path:
+    """The folder this process writes in: the run folder (rank 0 makes it, and every rank's
+    `cfg.out` names it), or on other ranks a scratch folder of their own."""
+    run_dir = distributed.on_main(lambda: str(prepare()))
+    cfg.out = run_dir
+    if distributed.is_main():
+        return Path(run_dir)
+    scratch = Path(tempfile.mkdtemp(prefix=f"tlearn-rank{distributed.world().rank}-"))
+    _SCRATCH[id(cfg)] = scratch
+    return scratch
+
+
+def leave_job(cfg: TrainConfig) -> None:
+    """The end of a rank's run, finished or failed: its scratch folder goes, the group closes."""
+    scratch = _SCRATCH.pop(id(cfg), None)
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
+    distributed.close()
