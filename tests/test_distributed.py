@@ -35,10 +35,8 @@ from tlearn.training.state import load_state
 
 BIN = Path(sys.executable).parent
 # a tiny network on tiny images; 48 training images: whole global batches of 2 x 4 or 1 x 8
-JOB = [
-    "--backbone", "test_resnet", "--weights", "none", "--image-size", "32", "--workers", "0",
-    "--no-cache", "--seed", "1",
-]  # fmt: skip
+TINY = dict(backbone="test_resnet", weights="none", image_size=32, workers=0, seed=1)
+JOB = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()] + ["--no-cache"]
 EPOCH_LINE = re.compile(r"(epoch \d+/\d+  train_loss \S+  val_loss \S+  val_acc \S+)")
 
 
@@ -167,6 +165,10 @@ def torchrun(tmp_path: Path, data: Path, *options: str) -> subprocess.CompletedP
     return done
 
 
+def folders(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.name != "c")  # c: the feature cache
+
+
 def epoch_lines(text: str, rank: int) -> list[str]:
     prefix = f"rank {rank}: " if rank else ""
     return [
@@ -181,7 +183,7 @@ def epoch_lines(text: str, rank: int) -> list[str]:
 @pytest.mark.parametrize(
     "options",
     [
-        ["--strategy", "linear-probe", "--head", "mlp", "--epochs", "3"],  # the cached-features head
+        ["--strategy", "linear-probe", "--head", "mlp", "--epochs", "3"],  # a head on features
         ["--strategy", "finetune", "--epochs", "2", "--augment", "flip"],  # a whole network, BN
     ],
     ids=["features", "images"],
@@ -190,18 +192,18 @@ def test_two_ranks_agree_and_match_one_process(options, make_image_folder, tmp_p
     data = make_image_folder(classes=("a", "b", "c"), n=16, layout="split")
     done = torchrun(tmp_path, data, "--batch-size", "4", "--out", "job", *options)
     output = done.stdout + done.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "images", "job"]  # one run folder
+    assert folders(tmp_path) == ["images", "job"]  # exactly one run folder
     assert (tmp_path / "job" / "best.safetensors").is_file()
     rank0, rank1 = epoch_lines(output, 0), epoch_lines(output, 1)
     assert len(rank0) == int(options[options.index("--epochs") + 1]) and rank0 == rank1
     assert output.count("done: best model") == 1  # rank 0 alone speaks
 
     alone = tmp_path / "alone"
-    values = dict(zip(JOB[::2], JOB[1::2], strict=False))
-    kwargs = {k.strip("-").replace("-", "_"): v for k, v in values.items() if k != "--no-cache"}
-    kwargs.update({o.strip("-").replace("-", "_"): v for o, v in zip(options[::2], options[1::2])})
+    pairs = zip(options[::2], options[1::2], strict=True)
+    same = {o.strip("-").replace("-", "_"): v for o, v in pairs}
+    same = {k: int(v) if v.isdigit() else v for k, v in same.items()}
     tlearn.train(str(data), out=str(alone), batch_size=8, cache=False, log=lambda s: None,
-                 **{k: int(v) if v.isdigit() else v for k, v in kwargs.items()})  # fmt: skip
+                 **TINY, **same)  # fmt: skip
     job, one = metric_rows(tmp_path / "job")[-1], metric_rows(alone)[-1]
     assert abs(float(job["val_accuracy"]) - float(one["val_accuracy"])) <= 0.01
     assert abs(float(job["val_loss"]) - float(one["val_loss"])) <= 0.1
@@ -261,4 +263,4 @@ def test_a_killed_rank_ends_the_job_and_resume_completes_it(make_image_folder, t
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [int(r["epoch"]) for r in metric_rows(run)] == list(range(1, 13))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "images", "job"]
+    assert folders(tmp_path) == ["images", "job"]

@@ -198,6 +198,7 @@ class TrainConfig:
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
     nproc: int | None = opt(None, "train in N processes on this machine (torchrun + DDP)")
     lr_scale: str = opt("none", "scale --lr to the global batch (N x --batch-size)", LR_SCALES)
+    sync_bn: bool = opt(False, "several GPUs: batch-norm statistics of the global batch")
     precision: str = opt("auto", "compute precision", PRECISIONS)
     workers: int | None = opt(None, "data-loading processes (default: from the CPU count)")
     memory_limit: str | None = opt(

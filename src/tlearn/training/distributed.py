@@ -190,12 +190,18 @@ def check_in_sync(module: nn.Module) -> None:
 # -- the trained module and its data ----------------------------------------------------------
 
 
-def wrap(module: nn.Module, device: torch.device) -> nn.Module:
+def wrap(module: nn.Module, device: torch.device, sync_bn: bool = False) -> nn.Module:
     """`module` in DistributedDataParallel (gradients all-reduced after each backward); one
     process, or nothing to train: `module` itself. The caller keeps the bare module for
-    saving, EMA and evaluation; only the training step goes through the wrapper."""
+    saving, EMA and evaluation; only the training step goes through the wrapper.
+
+    `sync_bn` (`--sync-bn`): batch norms become SyncBatchNorm in place (the same parameters and
+    statistics tensors), normalising over the global batch; PyTorch runs it on GPUs only.
+    """
     if not active() or not any(p.requires_grad for p in module.parameters()):
         return module
+    if sync_bn:
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(module, device_ids=ids)
 
@@ -276,5 +282,6 @@ def collective_failure(run_dir: Any) -> JobBroken:
     return JobBroken(
         f"rank {w.rank} of {w.size} lost contact with the other processes of the job (one of "
         f"them stopped, or did not answer within {timeout_s():.0f}s): the job stops; the last "
-        f"checkpoint in {run_dir} is intact: continue with `tlearn train --resume {run_dir}`"
+        f"checkpoint in {run_dir} is intact: continue with --resume {run_dir} (the same "
+        f"torchrun command, or `tlearn train --resume {run_dir} --nproc {w.size}`)"
     )

@@ -36,7 +36,10 @@ def join_job(cfg: TrainConfig, log: Log) -> Log:
             "--budget plans the time of one process: drop --budget when training with several "
             "processes (give --epochs instead)"
         )
-    w = distributed.init(pick_device(cfg.device))
+    device = pick_device(cfg.device)
+    if cfg.sync_bn and device.type != "cuda":
+        raise TlearnError("--sync-bn needs GPUs (PyTorch's SyncBatchNorm): drop it on CPUs")
+    w = distributed.init(device)
     if cfg.memory_limit is None:  # half of the free memory of the tightest machine
         cfg.memory_limit = str(int(distributed.min_all(default_memory_limit())))
     if w.main:

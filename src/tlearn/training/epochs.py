@@ -155,7 +155,7 @@ class Epochs(InputPaths, BudgetKeeping, SkippedFiles):
         cfg = self.cfg
         self.apply_pending(run.module, run if self.pending_phase() == run.index else None)
         self.ensure_average(run.module)
-        trained = distributed.wrap(run.module, self.device)  # several processes: DDP
+        trained = distributed.wrap(run.module, self.device, cfg.sync_bn)  # several processes
         while self.position.epoch < run.end and not self.position.finished:
             self.epoch_started = self.clock.now()
             if self.stop.requested:  # a signal during feature extraction or evaluation
