@@ -19,12 +19,13 @@ import pytest
 import torch
 
 import tlearn
-from runs import metric_rows
+from runs import InterruptingLoss, metric_rows
 from tlearn.data.decoded import DecodedImages, DecodedLoader
 from tlearn.data.sampling import rank_order
 from tlearn.errors import TlearnError
 from tlearn.training import distributed
 from tlearn.training.features import FeatureLoader, FeatureSet
+from tlearn.training.interrupt import Interrupted
 from tlearn.training.order import (
     EpochBatches,
     EpochSampler,
@@ -197,6 +198,9 @@ def test_two_ranks_agree_and_match_one_process(options, make_image_folder, tmp_p
     rank0, rank1 = epoch_lines(output, 0), epoch_lines(output, 1)
     assert len(rank0) == int(options[options.index("--epochs") + 1]) and rank0 == rank1
     assert output.count("done: best model") == 1  # rank 0 alone speaks
+    assert "2 processes x batch 4 = global batch 8" in output
+    image = next((data / "val" / "b").iterdir())
+    assert tlearn.load(tmp_path / "job").predict([str(image)])[0].labels  # an ordinary model
 
     alone = tmp_path / "alone"
     pairs = zip(options[::2], options[1::2], strict=True)
@@ -264,3 +268,33 @@ def test_a_killed_rank_ends_the_job_and_resume_completes_it(make_image_folder, t
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [int(r["epoch"]) for r in metric_rows(run)] == list(range(1, 13))
     assert folders(tmp_path) == ["images", "job"]
+
+
+@pytest.mark.slow
+def test_a_one_process_run_continues_on_two_keeping_its_global_batch(
+    make_image_folder, tmp_path, monkeypatch
+):
+    """Stopped mid-epoch with one process x 8, resumed under torchrun as two x 4: the same
+    images at every step, so it ends where the uninterrupted run ends."""
+    data = make_image_folder(classes=("a", "b", "c"), n=16, layout="split")
+    options = dict(TINY, strategy="linear-probe", head="mlp", epochs=2, batch_size=8, cache=False)
+    tlearn.train(str(data), out=str(tmp_path / "whole"), log=lambda s: None, **options)
+    monkeypatch.setattr(torch.nn, "CrossEntropyLoss", InterruptingLoss)
+    InterruptingLoss.at, InterruptingLoss.calls = 9, 0  # epoch 2 (6 steps an epoch), step 3
+    with pytest.raises(Interrupted):
+        tlearn.train(str(data), out=str(tmp_path / "job"), log=lambda s: None, **options)
+    monkeypatch.undo()
+    state = load_state(tmp_path / "job" / "state.pt")
+    assert (state["position"]["epoch"], state["position"]["step"]) == (1, 3)
+    done = subprocess.run(
+        [str(BIN / "torchrun"), "--nproc-per-node=2", "--master-addr=127.0.0.1",
+         f"--master-port={free_port()}", "-m", "tlearn", "train", "--resume", "job"],
+        cwd=tmp_path, env=job_env(tmp_path), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming" in done.stdout and "at epoch 2, step 3" in done.stdout
+    whole, job = metric_rows(tmp_path / "whole"), metric_rows(tmp_path / "job")
+    assert [r["epoch"] for r in job] == ["1", "2"]
+    assert abs(float(job[-1]["val_loss"]) - float(whole[-1]["val_loss"])) < 1e-3
+    assert job[-1]["val_accuracy"] == whole[-1]["val_accuracy"]
+    assert load_state(tmp_path / "job" / "state.pt")["processes"] == 1  # its global batch: 1 x 8

@@ -105,6 +105,17 @@ def local_device(device: torch.device) -> torch.device:
     return device
 
 
+def describe(device: torch.device) -> str:
+    """The device as the run log names it: the GPU's model, and the job's processes."""
+    text = str(device)
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        text += f" ({props.name}, {props.total_memory / 2**30:.0f} GiB)"
+    if active():
+        text += f", {dist.get_world_size()} processes ({dist.get_backend()})"
+    return text
+
+
 def active() -> bool:
     """Whether collectives run: a process group of more than one process exists."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

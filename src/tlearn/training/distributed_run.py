@@ -67,3 +67,15 @@ def leave_job(cfg: TrainConfig) -> None:
     if scratch is not None:
         shutil.rmtree(scratch, ignore_errors=True)
     distributed.close()
+
+
+def log_job(cfg: TrainConfig, processes: int, log: Log) -> None:
+    """Several processes: the global batch and the rate it trains at (`--lr-scale`)."""
+    w = distributed.world()
+    if not w.many:
+        return
+    factor = distributed.lr_factor(cfg.lr_scale, processes)
+    log(
+        f"{w.size} processes x batch {cfg.batch_size} = global batch {w.size * cfg.batch_size}; "
+        f"learning rate {cfg.resolved_lr():g} x {factor:g} (--lr-scale {cfg.lr_scale})"
+    )

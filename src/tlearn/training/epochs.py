@@ -236,6 +236,12 @@ class Epochs(InputPaths, BudgetKeeping, SkippedFiles):
 
     def retry_with_lower_lr(self, run: PhaseRun, good: dict, error: loop.NonFiniteLoss) -> None:
         where = f"epoch {self.position.epoch + 1}, step {error.step + 1}"
+        if distributed.active():  # one rank alone cannot go back: the others would wait for it
+            raise TlearnError(
+                f"the loss became {error.value} ({where}) in a job of several processes, which "
+                f"does not retry: the last good checkpoint is kept in {self.cfg.out}; start "
+                "again with a lower --lr, or check the data"
+            )
         if self.nan_retries >= 1:
             raise TlearnError(
                 f"the loss became {error.value} again ({where}) after the learning rate was "

@@ -31,7 +31,7 @@ from tlearn.training.budget import (
 )
 from tlearn.training.build import build_classifier, feature_taps
 from tlearn.training.calibrate import calibrate_run
-from tlearn.training.distributed_run import job_folder, join_job, leave_job
+from tlearn.training.distributed_run import job_folder, join_job, leave_job, log_job
 from tlearn.training.epochs import Epochs
 from tlearn.training.interrupt import StopRequests
 from tlearn.training.ledger import printable
@@ -169,9 +169,8 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
         check_state_matches(state, resolved, len(splits.train), run_dir)
     resolved.save_yaml(run_dir / "config.yaml")
     records = backbone_records(model, backbones)
-    log_run(
-        cfg, splits, backbones, records, strategy, f"device {device}, precision {precision}", log
-    )
+    machine = f"device {distributed.describe(device)}, precision {precision}"
+    log_run(cfg, splits, backbones, records, strategy, machine, log)
     log(f"run folder {run_dir}")
     spec = model_spec(cfg, splits, records, any(taps), resolved)
     prefix = None
@@ -185,6 +184,7 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
     trainer.setup_s = clock.now() - started
     trainer.scaler = grad_scaler(device, precision)
     cfg.batch_size = distributed.per_process_batch(cfg.batch_size, trainer.processes)
+    log_job(cfg, trainer.processes, log)
     refits = plan is not None and "epochs" not in plan.kept  # the user's epochs: only shortened
     if refits and plan.strategy != "linear-probe" and len(phases) == 1:
         trainer.plan = plan  # refitted to the first steps' real speed, then at each epoch
@@ -323,7 +323,7 @@ def starting_state(run_dir: Path, resume: bool, log: Log) -> dict | None:
 
 def check_state_matches(state: dict, resolved: TrainConfig, n_train: int, run_dir: Path) -> None:
     """A state only continues the computation it came from: same options, same data."""
-    ignore = RESUME_MAY_CHANGE | {"out"}
+    ignore = RESUME_MAY_CHANGE | {"out", "memory_limit"}  # a job agrees on one (distributed_run)
     then = {k: v for k, v in state.get("config", {}).items() if k not in ignore}
     now = {k: v for k, v in resolved.to_dict().items() if k not in ignore}
     changed = sorted(k for k in then.keys() | now.keys() if then.get(k) != now.get(k))
