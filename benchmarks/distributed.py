@@ -1,9 +1,9 @@
 """One process against two (`tlearn train --nproc 2`: torchrun's launcher, DDP over gloo) on
 this machine's CPUs, with the same global batch and seed, as a user runs them.
 
-  finetune   every layer of Lite0 trains at 64 px on 6,000 Fashion-MNIST images, 2 epochs
+  finetune   every layer of Lite0 trains at 64 px on 2,000 Fashion-MNIST images, 1 epoch
              with flips, global batch 64 (1 x 64, or 2 x 32)
-  probe      a linear probe on Lite0's stage features at 64 px, the same 6,000 images, an empty
+  probe      a linear probe on Lite0's stage features at 64 px, the same 2,000 images, an empty
              feature cache (each process computes every feature: extraction is not sharded)
 
 One process uses every core (torch's own threads); each of two uses half (`--nproc` sets
@@ -31,9 +31,9 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 TLEARN = str(Path(sys.executable).parent / "tlearn")
 COMMON = ["fashion-mnist", "--backbone", "tf_efficientnet_lite0", "--image-size", "64",
-          "--train-limit", "6000", "--seed", "0"]  # fmt: skip
+          "--train-limit", "2000", "--seed", "0"]  # fmt: skip
 CASES = {
-    "finetune": (["--strategy", "finetune", "--epochs", "2", "--augment", "flip"], 64),
+    "finetune": (["--strategy", "finetune", "--epochs", "1", "--augment", "flip"], 64),
     "probe": (["--strategy", "linear-probe", "--epochs", "3"], 256),
 }
 

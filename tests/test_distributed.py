@@ -6,6 +6,7 @@ The sharding of an epoch is checked in-process; the jobs (two ranks through torc
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
 import tlearn
 from runs import InterruptingLoss, metric_rows
@@ -26,6 +28,7 @@ from tlearn.errors import TlearnError
 from tlearn.training import distributed
 from tlearn.training.features import FeatureLoader, FeatureSet
 from tlearn.training.interrupt import Interrupted
+from tlearn.training.launch import job_failure
 from tlearn.training.order import (
     EpochBatches,
     EpochSampler,
@@ -137,6 +140,24 @@ def test_budget_is_refused_with_several_processes(monkeypatch, make_image_folder
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(TlearnError, match="--budget plans the time of one process"):
         tlearn.train(str(make_image_folder()), budget="1m", out=str(tmp_path / "r"), log=print)
+
+
+def test_a_failed_job_is_one_sentence_naming_the_rank():
+    def failed(**codes: int) -> ChildFailedError:
+        failures = {
+            int(r[1:]): ProcessFailure(int(r[1:]), 100 + int(r[1:]), c, "/nonexistent")
+            for r, c in codes.items()
+        }
+        return ChildFailedError("tlearn", failures)
+
+    killed = job_failure(failed(r0=2, r1=-9), "runs/x", 2)  # rank 0 saw rank 1 go
+    assert isinstance(killed, TlearnError)
+    assert str(killed).startswith("rank 1 of 2 was killed by SIGKILL, so the job stopped")
+    assert "tlearn train --resume runs/x --nproc 2" in str(killed)
+    crashed = job_failure(failed(r1=1), "runs/x", 2)
+    assert "rank 1 of 2 failed with exit code 1" in str(crashed)
+    told = job_failure(failed(r0=2, r1=2), "runs/x", 2)  # a TlearnError: rank 0 said it
+    assert isinstance(told, SystemExit) and told.code == 2
 
 
 # -- jobs -------------------------------------------------------------------------------------
@@ -298,3 +319,40 @@ def test_a_one_process_run_continues_on_two_keeping_its_global_batch(
     assert abs(float(job[-1]["val_loss"]) - float(whole[-1]["val_loss"])) < 1e-3
     assert job[-1]["val_accuracy"] == whole[-1]["val_accuracy"]
     assert load_state(tmp_path / "job" / "state.pt")["processes"] == 1  # its global batch: 1 x 8
+
+
+def _collectives(rank: int, port: int, folder: str) -> None:
+    """One of two gloo ranks (spawned): rank 0's answers and errors reach both; sums add up."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), TLEARN_DIST_TIMEOUT="30")
+    distributed.init(torch.device("cpu"))
+    out: dict = {"rank0": distributed.on_main(lambda: f"made by {distributed.world().rank}")}
+    out["sum"] = distributed.sum_all(rank + 1, 10 * rank)
+    out["max"] = distributed.max_all(rank)
+
+    def fails() -> None:
+        raise TlearnError("bad option")
+
+    try:
+        distributed.on_main(fails)
+    except TlearnError as e:
+        out["error"] = str(e)
+    torch.manual_seed(rank)  # different weights on each rank: the check must see it
+    try:
+        distributed.check_in_sync(torch.nn.Linear(3, 2))
+    except RuntimeError as e:
+        out["sync"] = "differ" in str(e)
+    wrapped = distributed.wrap(torch.nn.Linear(3, 2), torch.device("cpu"))
+    out["ddp"] = type(wrapped).__name__
+    distributed.close()
+    (Path(folder) / f"{rank}.json").write_text(json.dumps(out))
+
+
+@pytest.mark.slow
+def test_collectives_of_two_gloo_ranks(tmp_path):
+    torch.multiprocessing.spawn(_collectives, args=(free_port(), str(tmp_path)), nprocs=2)
+    for rank in (0, 1):
+        r = json.loads((tmp_path / f"{rank}.json").read_text())
+        assert r["rank0"] == "made by 0" and r["sum"] == [3.0, 10.0] and r["max"] == 1.0
+        assert r["error"] == "bad option"  # rank 1 raises it too, instead of waiting
+        assert r["sync"] is True and r["ddp"] == "DistributedDataParallel"

@@ -213,8 +213,10 @@ def train(
         values["data"] = data
     log = values.pop("log", print)
     cfg = resume_config(resume, values) if resume is not None else TrainConfig.from_dict(values)
-    if should_launch(cfg):  # `nproc=N`: N processes through torchrun's launcher, then the model
-        return load(launch(cfg, resume=resume is not None))
+    if should_launch(cfg):  # `nproc=N`: N processes through torchrun's launcher
+        run_dir = launch(cfg, resume=resume is not None)
+        last = load(run_dir / "last.safetensors")  # what one process returns: the final model
+        return Model(last.classifier, last.spec, run_dir)
     result = fit(cfg, log=log, resume=resume is not None)
     model = Model(result.model, result.spec, result.run_dir)
     if distributed.is_main():  # one rank of several: rank 0 writes the report
