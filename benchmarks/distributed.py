@@ -1,15 +1,15 @@
 """One process against two (`tlearn train --nproc 2`: torchrun's launcher, DDP over gloo) on
 this machine's CPUs, with the same global batch and seed, as a user runs them.
 
-  finetune   every layer of Lite0 trains at 64 px on 2,000 Fashion-MNIST images, 1 epoch
+  finetune   every layer of Lite0 trains at 64 px on 1,000 Fashion-MNIST images, 1 epoch
              with flips, global batch 64 (1 x 64, or 2 x 32)
-  probe      a linear probe on Lite0's stage features at 64 px, the same 2,000 images, an empty
+  probe      a linear probe on Lite0's stage features at 64 px, the same 1,000 images, an empty
              feature cache (each process computes every feature: extraction is not sharded)
 
 One process uses every core (torch's own threads); each of two uses half (`--nproc` sets
 OMP_NUM_THREADS). Wall time is the whole command (report included); images/s is the last
 epoch's training throughput over all processes (metrics.csv); test accuracy is `tlearn evaluate`
-on the 10,000 test images.
+on 2,000 of the test images (`--eval-limit 2000`, stratified).
 
     python benchmarks/distributed.py [--only finetune]
       -> benchmarks/results/distributed.{json,md}
@@ -31,7 +31,7 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 TLEARN = str(Path(sys.executable).parent / "tlearn")
 COMMON = ["fashion-mnist", "--backbone", "tf_efficientnet_lite0", "--image-size", "64",
-          "--train-limit", "2000", "--seed", "0"]  # fmt: skip
+          "--train-limit", "1000", "--seed", "0"]  # fmt: skip
 CASES = {
     "finetune": (["--strategy", "finetune", "--epochs", "1", "--augment", "flip"], 64),
     "probe": (["--strategy", "linear-probe", "--epochs", "3"], 256),
@@ -58,7 +58,8 @@ def one(case: str, processes: int, root: Path) -> dict:
     wall, _ = timed(cmd, env)
     with open(run / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    _, report = timed([TLEARN, "evaluate", str(run), "fashion-mnist", "--json"], env)
+    evaluate = [TLEARN, "evaluate", str(run), "fashion-mnist", "--json", "--eval-limit", "2000"]
+    _, report = timed(evaluate, env)
     return {
         "case": case,
         "processes": processes,

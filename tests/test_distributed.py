@@ -172,6 +172,9 @@ def free_port() -> int:
 def job_env(tmp_path: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(TLEARN_LOG_RANKS="all", OMP_NUM_THREADS="1", TLEARN_CACHE_DIR=str(tmp_path / "c"))
+    scratch = tmp_path.parent / f"{tmp_path.name}-tmp"  # a killed rank's scratch folder stays
+    scratch.mkdir(exist_ok=True)
+    env["TMPDIR"] = str(scratch)
     return env
 
 
