@@ -12,6 +12,7 @@ them agree where a process on its own would decide by itself, and keep the run f
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sys
@@ -56,7 +57,12 @@ def job_folder(cfg: TrainConfig, prepare: Callable[[], Path]) -> Path:
     cfg.out = run_dir
     if distributed.is_main():
         return Path(run_dir)
-    scratch = Path(tempfile.mkdtemp(prefix=f"tlearn-rank{distributed.world().rank}-"))
+    # named after the run, so a rank killed before it could clean up leaves one folder, which
+    # the run's --resume empties and removes
+    key = hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:12]
+    scratch = Path(tempfile.gettempdir()) / f"tlearn-rank{distributed.world().rank}-{key}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True, exist_ok=True)
     _SCRATCH[id(cfg)] = scratch
     return scratch
 
