@@ -17,7 +17,7 @@ import yaml
 
 from tlearn.errors import TlearnError
 from tlearn.files import atomic_write_text
-from tlearn.units import parse_bytes, parse_duration  # noqa: F401 (imported from here too)
+from tlearn.units import parse_bytes, parse_duration  # noqa: F401 (re-exported)
 
 STRATEGIES = ("auto", "linear-probe", "finetune", "gradual", "freeze:N")
 HEADS = ("linear", "mlp")

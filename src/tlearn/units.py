@@ -1,4 +1,4 @@
-"""Sizes and durations as users write them (`4G`, `10m`): parsed in one place."""
+"""Sizes and durations as people write them: `4G`, `90s`, `1h30m`."""
 
 from __future__ import annotations
 
