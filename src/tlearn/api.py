@@ -33,10 +33,11 @@ from tlearn.models import Classifier, list_backbones
 from tlearn.models.assemble import build_from_spec
 from tlearn.models.calibration import temperature_off
 from tlearn.preprocessing import Preprocessing, model_input
-from tlearn.training import loop
+from tlearn.training import distributed, loop
 from tlearn.training.budget import count_process_start
 from tlearn.training.frozen import FrozenFeatures
 from tlearn.training.interrupt import Interrupted
+from tlearn.training.launch import launch, should_launch
 from tlearn.training.lr_find import lr_find as run_lr_find
 from tlearn.training.resolve import load_run_splits
 from tlearn.training.runtime import (
@@ -187,6 +188,16 @@ class Model:
             return explain_images(self, paths, Path(out), topk=topk)
 
 
+def is_main() -> bool:
+    """Whether this process speaks for the run: the only one, or rank 0 of a torchrun job."""
+    return distributed.is_main()
+
+
+def reports_errors(error: TlearnError) -> bool:
+    """Whether this process prints `error` (one rank of a job: see `distributed.reports`)."""
+    return distributed.reports(error)
+
+
 def train(
     data: str | None = None,
     *,
@@ -204,12 +215,15 @@ def train(
     if data is not None:
         values["data"] = data
     log = values.pop("log", print)
-    if resume is not None:
-        result = fit(resume_config(resume, values), log=log, resume=True)
-    else:
-        result = fit(TrainConfig.from_dict(values), log=log)
+    cfg = resume_config(resume, values) if resume is not None else TrainConfig.from_dict(values)
+    if should_launch(cfg):  # `nproc=N`: N processes through torchrun's launcher
+        run_dir = launch(cfg, resume=resume is not None)
+        last = load(run_dir / "last.safetensors")  # what one process returns: the final model
+        return Model(last.classifier, last.spec, run_dir)
+    result = fit(cfg, log=log, resume=resume is not None)
     model = Model(result.model, result.spec, result.run_dir)
-    run_report(result.run_dir, log)
+    if distributed.is_main():  # one rank of several: rank 0 writes the report
+        run_report(result.run_dir, log)
     return model
 
 

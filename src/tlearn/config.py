@@ -31,6 +31,7 @@ FUSIONS = ("concat", "sum", "gated")
 FEATURES = ("auto", "last", "stages")
 MONITORS = ("val_loss", "val_accuracy")
 BALANCES = ("none", "weighted-loss", "sampler")
+LR_SCALES = ("none", "linear", "sqrt")  # --lr-scale: x N, x sqrt(N) or as given, N processes
 
 # Options a `--budget` plan may choose: None in a TrainConfig means the user did not give them,
 # so an explicit value survives the plan; whatever is still None after planning becomes this.
@@ -203,6 +204,9 @@ class TrainConfig:
     seed: int = opt(0, "random seed for splits, initialisation and order")
     out: str | None = opt(None, "run folder (default: runs/<data>-<time>)")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    nproc: int | None = opt(None, "train in N processes on this machine (torchrun + DDP)")
+    lr_scale: str = opt("none", "scale --lr to the global batch (N x --batch-size)", LR_SCALES)
+    sync_bn: bool = opt(False, "several GPUs: batch-norm statistics of the global batch")
     precision: str = opt("auto", "compute precision", PRECISIONS)
     workers: int | None = opt(None, "data-loading processes (default: from the CPU count)")
     memory_limit: str | None = opt(
@@ -371,8 +375,9 @@ class TrainConfig:
         for name in ("train_limit", "eval_limit"):
             if getattr(self, name) is not None:
                 _check_range(name, getattr(self, name), 2, 10**9)
-        if self.workers is not None:
-            _check_range("workers", self.workers, 0, 64)
+        for name, hi in (("workers", 64), ("nproc", 1024)):
+            if getattr(self, name) is not None:
+                _check_range(name, getattr(self, name), 0 if name == "workers" else 1, hi)
         _check_range("checkpoint_every", self.checkpoint_every, 0, 10**9)
         if self.budget is not None:
             parse_duration(self.budget)
@@ -400,6 +405,7 @@ class TrainConfig:
             ("head_fit", HEAD_FITS),
             ("monitor", MONITORS),
             ("balance", BALANCES),
+            ("lr_scale", LR_SCALES),
         ):
             value = getattr(self, name)
             if value is None and name in PLANNABLE_DEFAULTS:

@@ -53,7 +53,8 @@ def run_train(args: argparse.Namespace) -> int:
     if resume:
         values = {k: v for k, v in values.items() if v is not None}
         model = api.train(resume=resume, **values)
-        print(f"done: best model {model.run_dir / 'best.safetensors'}")
+        if _speaks():
+            print(f"done: best model {model.run_dir / 'best.safetensors'}")
         return 0
     if not values.get("data"):
         raise TlearnError(
@@ -61,8 +62,15 @@ def run_train(args: argparse.Namespace) -> int:
         )
     model = api.train(**values)
     best = model.run_dir / "best.safetensors"
-    print(f"done: best model {best}; evaluate with `tlearn evaluate {model.run_dir} DATA`")
+    if _speaks():
+        print(f"done: best model {best}; evaluate with `tlearn evaluate {model.run_dir} DATA`")
     return 0
+
+
+def _speaks() -> bool:
+    """Whether this process says a run is done: not ranks of a job (`--nproc` says it once;
+    under torchrun, rank 0 does)."""
+    return api.is_main() and not os.environ.get("TLEARN_LAUNCHED")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -263,7 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except TlearnError as e:
-        print(f"tlearn: error: {e}", file=sys.stderr)
+        if api.reports_errors(e):
+            print(f"tlearn: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `tlearn predict ... | head`: the reader left, nothing is wrong
         sys.stderr.close()

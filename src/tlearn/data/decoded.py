@@ -56,7 +56,7 @@ from tlearn.data.crops import (
     random_flip,
     random_resized_boxes,
 )
-from tlearn.data.sampling import draw_order
+from tlearn.data.sampling import draw_order, rank_batches, rank_order
 from tlearn.data.sources import ArraySource, ImageSource, SubsetSource
 from tlearn.errors import TlearnError
 from tlearn.preprocessing import Preprocessing, resize_before_crop
@@ -362,6 +362,7 @@ class DecodedLoader:
         self.dataset = dataset if dataset is not None else _Counted(decoded.source_len)
         self._images = decoded.images if self.device is None else decoded.images.to(self.device)
         self.sample_weights: torch.Tensor | None = None  # `--balance sampler`: weighted draws
+        self.rank, self.world = 0, 1  # several processes: this one's share of each global batch
 
     @property
     def skipped(self) -> list[tuple[int, str]]:
@@ -369,6 +370,8 @@ class DecodedLoader:
 
     def __len__(self) -> int:
         n = len(self.decoded)
+        if self.shuffle and self.world > 1:
+            return rank_batches(n, self.batch_size, self.world)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -376,6 +379,11 @@ class DecodedLoader:
         order = None
         if self.shuffle:
             order = draw_order(n, self.generator, self.sample_weights)
+            if self.world > 1:  # the same order on every rank; then each augments its own way
+                order = rank_order(order, self.batch_size, self.rank, self.world)
+                n = len(order)
+                seed = int(torch.randint(2**62, (1,), generator=self.generator))
+                self.generator.manual_seed(seed + self.rank)
         for k in range(len(self)):
             a, b = k * self.batch_size, min(n, (k + 1) * self.batch_size)
             if order is None:

@@ -20,7 +20,7 @@ from tlearn.data import Splits
 from tlearn.errors import TlearnError
 from tlearn.files import atomic_write_text
 from tlearn.models import Classifier
-from tlearn.training import loop, progressive
+from tlearn.training import distributed, loop, progressive
 from tlearn.training.balance import class_weights, per_class_recall
 from tlearn.training.budget import (
     Plan,
@@ -96,6 +96,8 @@ class Epochs(InputPaths, BudgetKeeping, SkippedFiles):
         self.best_correct: torch.Tensor | None = state.get("best_correct")
         self.lr_scale: float = state.get("lr_scale", 1.0)
         self.nan_retries: int = state.get("nan_retries", 0)
+        # processes the run started with: its global batch (and --lr-scale) stay theirs
+        self.processes: int = int(state.get("processes", distributed.world().size))
         self.elapsed_before: float = state.get("elapsed", 0.0)
         self.skipped: dict[str, dict[int, str]] = state.get("skipped", {"train": {}, "val": {}})
         self.shortfall = {"train": 0, "val": 0}  # undecodable images that could not be named
@@ -153,6 +155,7 @@ class Epochs(InputPaths, BudgetKeeping, SkippedFiles):
         cfg = self.cfg
         self.apply_pending(run.module, run if self.pending_phase() == run.index else None)
         self.ensure_average(run.module)
+        trained = distributed.wrap(run.module, self.device, cfg.sync_bn)  # several processes
         while self.position.epoch < run.end and not self.position.finished:
             self.epoch_started = self.clock.now()
             if self.stop.requested:  # a signal during feature extraction or evaluation
@@ -162,6 +165,8 @@ class Epochs(InputPaths, BudgetKeeping, SkippedFiles):
             good = self.capture(run)  # the last good state, for a retry
             pos = self.position
             progress = loop.EpochProgress(pos.step, pos.loss_sum, pos.seen, pos.unused)
+            if not distributed.is_main():  # a resumed epoch's sums are rank 0's: count them once
+                progress.loss_sum, progress.seen = 0.0, 0
             limit = self.epoch_limit(epoch)
             batches = EpochBatches(loader, cfg.seed, epoch, progress.step, limit)
 
@@ -175,7 +180,7 @@ class Epochs(InputPaths, BudgetKeeping, SkippedFiles):
             try:
                 with progressive.training_size(run.module, loader, size or 0, run.full_size):
                     stats = loop.train_one_epoch(
-                        run.module,
+                        trained,
                         batches,
                         run.optimizer,
                         run.scheduler,
@@ -189,6 +194,7 @@ class Epochs(InputPaths, BudgetKeeping, SkippedFiles):
                         scaler=self.scaler,
                         now=self.clock.now,
                     )
+                stats = self.job_stats(stats, progress)
                 self.check_finite(run.module, progress.step)
                 self.end_epoch(run, stats, evaluate, loader)
             except loop.NonFiniteLoss as e:
@@ -220,8 +226,22 @@ class Epochs(InputPaths, BudgetKeeping, SkippedFiles):
         if every and progress.step % every == 0 and progress.step < batches.start + len(batches):
             self.save_state(run)
 
+    def job_stats(self, stats: loop.EpochStats, progress: loop.EpochProgress) -> loop.EpochStats:
+        """Several processes: the epoch's loss and images over every rank (one: `stats`)."""
+        if not distributed.active():
+            return stats
+        loss_sum, seen, images = distributed.sum_all(progress.loss_sum, progress.seen, stats.images)
+        seconds = distributed.max_all(stats.seconds)
+        return loop.EpochStats(loss_sum / max(1.0, seen), int(images), seconds, 0)
+
     def retry_with_lower_lr(self, run: PhaseRun, good: dict, error: loop.NonFiniteLoss) -> None:
         where = f"epoch {self.position.epoch + 1}, step {error.step + 1}"
+        if distributed.active():  # one rank alone cannot go back: the others would wait for it
+            raise TlearnError(
+                f"the loss became {error.value} ({where}) in a job of several processes, which "
+                f"does not retry: the last good checkpoint is kept in {self.cfg.out}; start "
+                "again with a lower --lr, or check the data"
+            )
         if self.nan_retries >= 1:
             raise TlearnError(
                 f"the loss became {error.value} again ({where}) after the learning rate was "
@@ -247,7 +267,7 @@ class Epochs(InputPaths, BudgetKeeping, SkippedFiles):
     ) -> None:
         """Evaluate and save (the averaged weights with --ema), then decide whether to go on."""
         with self.averaged(run.module):
-            row = self.record_epoch(run, stats, evaluate())
+            row = self.record_epoch(run, stats, distributed.on_main(evaluate))
         fitted = False
         if self.budget_s is not None and not self.position.finished:
             fitted = self.fit_to_budget(run, stats, loader)
@@ -382,6 +402,7 @@ class Epochs(InputPaths, BudgetKeeping, SkippedFiles):
             n_train=len(self.splits.train),
             ema=None if self.ema is None else self.ema.state_dict(),
             early=self.early.state_dict(),
+            processes=self.processes,
         )
 
     def save_state(self, run: PhaseRun) -> None:
@@ -420,8 +441,8 @@ class Epochs(InputPaths, BudgetKeeping, SkippedFiles):
 
     def optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
         """A phase's optimizer, at the lowered rate when a NaN retry happened earlier."""
-        for g in groups:
-            g["lr"] *= self.lr_scale
+        for g in groups:  # --lr-scale: to the global batch of `processes` x --batch-size
+            g["lr"] *= self.lr_scale * distributed.lr_factor(self.cfg.lr_scale, self.processes)
         return build_optimizer(groups, self.cfg.optimizer, self.cfg.momentum)
 
     def check_finite(self, module: nn.Module, step: int) -> None:

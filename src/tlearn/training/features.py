@@ -25,7 +25,7 @@ import torch
 from tlearn.config import TrainConfig
 from tlearn.data import SubsetSource, image_loader
 from tlearn.data.fingerprint import fingerprint
-from tlearn.data.sampling import draw_order
+from tlearn.data.sampling import draw_order, rank_batches, rank_order
 from tlearn.errors import TlearnError
 from tlearn.preprocessing import Preprocessing
 from tlearn.progress import bar as progress_bar
@@ -379,8 +379,11 @@ class FeatureLoader:
         self.dataset = features  # len(dataset) = items per epoch, as the loop expects
         self.sample_weights: torch.Tensor | None = None  # `--balance sampler`: weighted draws
         self.dtype = dtype  # stored in less (bf16 activations), served as this
+        self.rank, self.world = 0, 1  # several processes: this one's share of each global batch
 
     def __len__(self) -> int:
+        if self.shuffle and self.world > 1:
+            return rank_batches(len(self.data), self.batch_size, self.world)
         return math.ceil(len(self.data) / self.batch_size)
 
     def __iter__(self):
@@ -390,8 +393,10 @@ class FeatureLoader:
         )
         mirror = None
         if self.shuffle and self.data.flipped is not None:
-            mirror = torch.rand(n, generator=self.generator) < 0.5
-        for start in range(0, n, self.batch_size):
+            mirror = torch.rand(n, generator=self.generator) < 0.5  # the same on every rank
+        if self.shuffle and self.world > 1:
+            order = rank_order(order, self.batch_size, self.rank, self.world)
+        for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             x = self.data.features[idx]
             if mirror is not None:

@@ -15,7 +15,7 @@ from torch import nn
 from tlearn.data import image_loader
 from tlearn.models.prefix import Prefix
 from tlearn.preprocessing import Preprocessing
-from tlearn.training import loop, progressive
+from tlearn.training import distributed, loop, progressive
 from tlearn.training.balance import sample_weights
 from tlearn.training.features import (
     FeatureLoader,
@@ -74,6 +74,7 @@ class InputPaths:
             self.record_solved(head, probe)
             return
         loader = FeatureLoader(train, cfg.batch_size, shuffle=True, generator=self.generator)
+        distributed.shard(loader)  # several processes: each trains on its share of a step
         if cfg.balance == "sampler":
             loader.sample_weights = sample_weights(train.labels, len(self.splits.classes))
         val_loader = FeatureLoader(val, 1024, shuffle=False) if val is not None else None
@@ -125,6 +126,7 @@ class InputPaths:
             self.splits.train, pre, train=True, generator=self.generator, sampler=sampler,
             **cfg.loader_options(),
         )  # fmt: skip
+        distributed.shard(train_loader)
         if cfg.balance == "sampler":
             inner = getattr(train_loader, "loader", train_loader)  # inside a mixup wrapper
             decoded = getattr(inner, "decoded", None)
@@ -196,6 +198,7 @@ class InputPaths:
         loader = FeatureLoader(
             train, cfg.batch_size, shuffle=True, generator=self.generator, dtype=torch.float32
         )
+        distributed.shard(loader)
         if cfg.balance == "sampler":
             loader.sample_weights = sample_weights(train.labels, len(self.splits.classes))
         val_loader = None

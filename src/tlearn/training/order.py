@@ -14,13 +14,13 @@ Two kinds of loader are served, both yielding `(images, labels, indices)` batche
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 from torch.utils.data import Sampler
 
+from tlearn.data.sampling import rank_batches, rank_order
 from tlearn.training.balance import draw_order
 
 
@@ -46,17 +46,27 @@ class EpochSampler(Sampler[int]):
         self.shuffle = shuffle
         self.epoch, self.start_batch = 0, 0
         self.sample_weights: torch.Tensor | None = None  # `--balance sampler`: weighted draws
+        self.rank, self.world = 0, 1  # several processes: this one's share of each global batch
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = int(epoch), int(start_batch)
 
     def order(self) -> torch.Tensor:
+        """This process's positions of the epoch, in order (all of them for one process)."""
+        return rank_order(self._order(), self.batch_size, self.rank, self.world)
+
+    def _order(self) -> torch.Tensor:
         if not self.shuffle:
             return torch.arange(self.n)
         if self.sample_weights is not None:
             generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
             return draw_order(self.n, generator, self.sample_weights)
         return epoch_permutation(self.n, self.seed, self.epoch)
+
+    @property
+    def batches(self) -> int:
+        """Steps in a whole epoch."""
+        return rank_batches(self.n, self.batch_size, self.world)
 
     def batch_indices(self, order: torch.Tensor, k: int) -> torch.Tensor:
         """Dataset positions that batch `k` of the epoch asks for."""
@@ -66,14 +76,15 @@ class EpochSampler(Sampler[int]):
         yield from self.order()[self.start_batch * self.batch_size :].tolist()
 
     def __len__(self) -> int:
-        return max(0, self.n - self.start_batch * self.batch_size)
+        n = self.n if self.world == 1 else self.batches * self.batch_size
+        return max(0, n - self.start_batch * self.batch_size)
 
 
 def batches_per_epoch(loader: Any) -> int:
     """Whole-epoch batch count, whatever position an `EpochSampler` was last left at."""
     sampler = getattr(loader, "sampler", None)
     if isinstance(sampler, EpochSampler):
-        return math.ceil(sampler.n / sampler.batch_size)
+        return sampler.batches
     return len(loader)
 
 

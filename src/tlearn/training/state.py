@@ -33,7 +33,7 @@ STATE_NAME = "state.pt"
 STATE_FORMAT = "tlearn.state"
 STATE_VERSION = 1
 # Options `--resume` may change: where and with how many loader processes, not what is computed.
-RESUME_MAY_CHANGE = frozenset({"workers", "device"})
+RESUME_MAY_CHANGE = frozenset({"workers", "device", "nproc"})
 
 
 @dataclass

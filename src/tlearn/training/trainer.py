@@ -20,7 +20,7 @@ from tlearn.errors import TlearnError
 from tlearn.models import Classifier, create_backbone
 from tlearn.models.assemble import backbone_records
 from tlearn.preprocessing import model_input
-from tlearn.training import conv_tuning
+from tlearn.training import conv_tuning, distributed
 from tlearn.training.budget import (
     Plan,
     apply_plan,
@@ -31,6 +31,7 @@ from tlearn.training.budget import (
 )
 from tlearn.training.build import build_classifier, feature_taps
 from tlearn.training.calibrate import calibrate_run
+from tlearn.training.distributed_run import job_folder, join_job, leave_job, log_job
 from tlearn.training.epochs import Epochs
 from tlearn.training.interrupt import StopRequests
 from tlearn.training.ledger import printable
@@ -107,14 +108,23 @@ def fit(cfg: TrainConfig, log: Log = print, *, resume: bool = False) -> RunResul
         flush_denormals(),
         StopRequests() as stop,
     ):
-        return _fit(cfg, log, resume, stop)
+        if not distributed.world().many:
+            return _fit(cfg, log, resume, stop)
+        try:  # torchrun: this process is one rank of a job (`tlearn.training.distributed_run`)
+            return _fit(cfg, join_job(cfg, log), resume, stop)
+        except RuntimeError as e:
+            if distributed.is_collective_failure(e):
+                raise distributed.collective_failure(cfg.out) from e
+            raise
+        finally:
+            leave_job(cfg)
 
 
 def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunResult:
     clock = run_clock()
     started = clock.now() - time_before_fit()  # where `--budget` counts from
     seed_everything(cfg.seed)
-    device = pick_device(cfg.device)
+    device = distributed.local_device(pick_device(cfg.device))
     precision = choose_precision(cfg, device)
     inference_precision = precision  # training may measure faster in another (below)
     autocast = autocast_factory(device, precision)
@@ -123,9 +133,8 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
     log(f"validation: {splits.validation}")
     if cfg.strict:
         refuse_unreadable(splits, log)
-    run_dir = prepare_run_dir(cfg.out, cfg.data)
-    cfg.out = str(run_dir)
-    state = starting_state(run_dir, resume, log)
+    run_dir = job_folder(cfg, lambda: prepare_run_dir(cfg.out, cfg.data))
+    state = distributed.on_main(lambda: starting_state(run_dir, resume, log))
     cfg.head_fit = resolve_head_fit(cfg)  # before a plan fills in epochs the user did not give
     strategy, plan = plan_strategy(cfg, splits, device, precision, run_dir, started, log)
     cfg.fill_defaults()  # what neither the user nor a plan chose
@@ -138,6 +147,7 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
     cfg.resolve_step_defaults(strategy)
     if cfg.lr == "auto":  # the LR finder's suggestion becomes the run's rate (and its config's)
         cfg.lr = find_for_run(cfg, splits, strategy, device, precision, run_dir, log).suggestion
+        cfg.lr = distributed.from_main(cfg.lr)  # every rank trains at rank 0's suggestion
         seed_everything(cfg.seed)  # train exactly as a run given this rate would
     backbones = [create_backbone(n, cfg.weights, cfg.image_size) for n in cfg.backbone]
     taps = feature_taps(cfg, backbones, strategy)
@@ -158,12 +168,12 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
     cfg.features = "stages" if any(taps) else "last"
     if not use_features:
         precision = training_precision(cfg, model, data_pre.input_size, device, precision, log)
+        precision = distributed.from_main(precision)  # measured: rank 0's choice holds for all
         autocast = autocast_factory(device, precision)
     resolved = settle_config(cfg, strategy, precision, state, len(splits.train), run_dir)
     records = backbone_records(model, backbones)
-    log_run(
-        cfg, splits, backbones, records, strategy, f"device {device}, precision {precision}", log
-    )
+    machine = f"device {distributed.describe(device)}, precision {precision}"
+    log_run(cfg, splits, backbones, records, strategy, machine, log)
     log(f"run folder {run_dir}")
     spec = model_spec(cfg, splits, records, any(taps), resolved)
     prefix = None
@@ -176,6 +186,8 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
     trainer = Epochs(cfg, model, spec, splits, run_dir, device, autocast, log, stop, state, clock)
     trainer.setup_s = clock.now() - started
     trainer.scaler = grad_scaler(device, precision)
+    cfg.batch_size = distributed.per_process_batch(cfg.batch_size, trainer.processes)
+    log_job(cfg, trainer.processes, log)
     refits = plan is not None and "epochs" not in plan.kept  # the user's epochs: only shortened
     if refits and plan.strategy != "linear-probe" and len(phases) == 1:
         trainer.plan = plan  # refitted to the first steps' real speed, then at each epoch
@@ -186,7 +198,8 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
     else:
         trainer.run_on_images(phases, stages, data_pre)
     finish_run(cfg, trainer, model, log)
-    return RunResult(model.cpu(), spec, run_dir)
+    distributed.check_in_sync(model)
+    return RunResult(model.cpu(), spec, Path(cfg.out))  # rank 0's folder on every rank
 
 
 def settle_config(
@@ -331,7 +344,7 @@ def starting_state(run_dir: Path, resume: bool, log: Log) -> dict | None:
 
 def check_state_matches(state: dict, resolved: TrainConfig, n_train: int, run_dir: Path) -> None:
     """A state only continues the computation it came from: same options, same data."""
-    ignore = RESUME_MAY_CHANGE | {"out"}
+    ignore = RESUME_MAY_CHANGE | {"out", "memory_limit"}  # a job agrees on one (distributed_run)
     then = {k: v for k, v in state.get("config", {}).items() if k not in ignore}
     now = {k: v for k, v in resolved.to_dict().items() if k not in ignore}
     changed = sorted(k for k in then.keys() | now.keys() if then.get(k) != now.get(k))
