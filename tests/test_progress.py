@@ -13,12 +13,13 @@ TINY_FLAGS = [
 
 def test_quiet_train_prints_only_the_final_line(make_image_folder, tmp_path, capsys, monkeypatch):
     data = make_image_folder(n=6)
-    monkeypatch.delenv(QUIET_ENV, raising=False)
+    # "0": not quiet, and monkeypatch then removes the variable main sets, so that no later
+    # test's subprocess inherits --quiet
+    monkeypatch.setenv(QUIET_ENV, "0")
     assert main(["train", str(data), *TINY_FLAGS, "--out", str(tmp_path / "loud")]) == 0
     loud = capsys.readouterr()
     assert len(loud.out.splitlines()) > 5
     code = main(["train", str(data), *TINY_FLAGS, "--out", str(tmp_path / "q"), "--quiet"])
-    monkeypatch.delenv(QUIET_ENV, raising=False)  # main set it for this process
     assert code == 0
     quiet = capsys.readouterr()
     assert quiet.out.splitlines() == [line for line in quiet.out.splitlines() if "done:" in line]
