@@ -58,6 +58,7 @@ from tlearn.data.crops import (
 )
 from tlearn.data.sampling import draw_order, rank_batches, rank_order
 from tlearn.data.sources import ArraySource, ImageSource, SubsetSource
+from tlearn.data.transforms import ResizeCrop
 from tlearn.errors import TlearnError
 from tlearn.preprocessing import Preprocessing, resize_before_crop
 
@@ -256,8 +257,8 @@ class _DecodeFiles(torch.utils.data.Dataset):
     """One file -> uint8 `[3, size, size]` (or None when it cannot be decoded)."""
 
     def __init__(self, source: ImageSource, size: int, interpolation: str, crop_pct: float):
-        self.source, self.size, self.crop_pct = source, size, crop_pct
-        self.interpolation = _PIL_INTERPOLATION[interpolation]
+        self.source, self.size = source, size
+        self.resize_crop = ResizeCrop(size, crop_pct, _PIL_INTERPOLATION[interpolation])
 
     def __len__(self) -> int:
         return len(self.source)
@@ -267,9 +268,7 @@ class _DecodeFiles(torch.utils.data.Dataset):
             image = self.source.load(i)
         except TlearnError:
             return None
-        target = resize_before_crop(min(image.size), self.size, self.crop_pct)
-        image = TF.resize(image, [target], interpolation=self.interpolation, antialias=True)
-        image = TF.center_crop(image, [self.size, self.size])
+        image = self.resize_crop(image)
         return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
 
 

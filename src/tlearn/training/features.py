@@ -29,6 +29,7 @@ from tlearn.data.sampling import draw_order, rank_batches, rank_order
 from tlearn.errors import TlearnError
 from tlearn.preprocessing import Preprocessing
 from tlearn.progress import bar as progress_bar
+from tlearn.training.prefix_cache import flips
 from tlearn.training.runtime import (
     compile_module,
     inference_batch_size,
@@ -114,6 +115,22 @@ def extract_features(
         parts[0].labels,
         torch.cat([p.flipped for p in parts], dim=1) if flip else None,
     )
+
+
+def split_features(
+    model, splits, pre: Preprocessing, cfg: TrainConfig, device, precision: str, log=None
+) -> tuple[FeatureSet, FeatureSet | None]:
+    """A run's training features (mirrors too with `--augment flip`) and validation features."""
+    train = extract_features(
+        model, splits.train, pre, cfg, device, precision, "features/train", flip=flips(cfg),
+        log=log,
+    )  # fmt: skip
+    val = None
+    if splits.val is not None:
+        val = extract_features(
+            model, splits.val, pre, cfg, device, precision, "features/val", log=log
+        )
+    return train, val
 
 
 def _backbone_features(backbone, source, pre, cfg, device, precision, description, flip, log):

@@ -21,7 +21,7 @@ from tlearn.training.features import (
     FeatureLoader,
     FeatureSet,
     compute_features,
-    extract_features,
+    split_features,
 )
 from tlearn.training.linear_probe import SolvedProbe, load_solved_head
 from tlearn.training.order import EpochSampler
@@ -53,16 +53,9 @@ class InputPaths:
             train, val = probe.train, probe.val
         else:
             self.log(f"computing frozen features once ({precision}); the head then trains on them")
-            train = extract_features(
-                self.model, self.splits.train, pre, cfg, self.device, precision,
-                "features/train", flip=flips(cfg), log=self.log,
-            )  # fmt: skip
-            val = None
-            if self.splits.val is not None:
-                val = extract_features(
-                    self.model, self.splits.val, pre, cfg, self.device, precision,
-                    "features/val", log=self.log,
-                )  # fmt: skip
+            train, val = split_features(
+                self.model, self.splits, pre, cfg, self.device, precision, self.log
+            )
         skipped = len(self.splits.train) - len(train)
         if skipped:
             self.log(f"skipped {skipped} training images that could not be decoded")

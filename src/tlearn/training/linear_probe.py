@@ -21,11 +21,11 @@ from tlearn.config import TrainConfig
 from tlearn.data import Splits
 from tlearn.files import atomic_write_text
 from tlearn.models import Backbone, Classifier
+from tlearn.models.assemble import feature_width
 from tlearn.preprocessing import Preprocessing
 from tlearn.training.balance import class_weights
 from tlearn.training.build import build_classifier
-from tlearn.training.features import FeatureSet, extract_features
-from tlearn.training.prefix_cache import flips
+from tlearn.training.features import FeatureSet, split_features
 from tlearn.training.solve import ProbeFit, fit_probe
 
 Log = Callable[[str], None]
@@ -69,20 +69,12 @@ def solve_probe(
 ) -> tuple[Classifier, list[list[str]], SolvedProbe]:
     """Extract the features once, solve each candidate, and return the network to save."""
     log(f"computing frozen features once ({precision}); the head is then solved on them")
-    train = extract_features(
-        model, splits.train, pre, cfg, device, precision, "features/train", flip=flips(cfg),
-        log=log,
-    )  # fmt: skip
-    val = None
-    if splits.val is not None:
-        val = extract_features(
-            model, splits.val, pre, cfg, device, precision, "features/val", log=log
-        )
+    train, val = split_features(model, splits, pre, cfg, device, precision, log)
     tapped = any(taps)
-    candidates = {"stages": None} if cfg.features == "stages" else {"last": last_columns(
-        backbones, model, taps
-    )}  # fmt: skip
-    if cfg.features == "auto" and tapped:
+    candidates: dict[str, torch.Tensor | None] = {}  # name: its columns (None: all)
+    if cfg.features != "stages":
+        candidates["last"] = last_columns(backbones, model, taps)
+    if cfg.features == "stages" or (cfg.features == "auto" and tapped):
         candidates["stages"] = None
     weight = None
     if cfg.balance != "none":  # full batch: a sampler's draws come to the same weights
@@ -123,7 +115,7 @@ def last_columns(
         return None
     columns, start = [], 0
     for b, wrapped in zip(backbones, model.backbones, strict=True):
-        width = wrapped.feature_width() if wrapped.taps else b.num_features
+        width = feature_width(b, wrapped)
         columns.append(torch.arange(start + width - b.num_features, start + width))
         start += width
     return torch.cat(columns)
@@ -145,9 +137,10 @@ def fit_on(
     seed: int,
 ) -> ProbeFit:
     """One candidate's fit; mirrored training images (`--augment flip`) are extra rows."""
-    x, y = select(train, columns)
-    if train.flipped is not None:
-        x = torch.cat([x, select(train, columns).flipped])
+    chosen = select(train, columns)
+    x, y = chosen
+    if chosen.flipped is not None:
+        x = torch.cat([x, chosen.flipped])
         y = torch.cat([y, y])
     vx, vy = select(val, columns) if val is not None else (None, None)
     return fit_probe(x, y, vx, vy, num_classes, class_weight=weight, seed=seed)
