@@ -253,7 +253,7 @@ def test_nan_loss_restores_lowers_the_rate_once_and_retries(plain, tmp_path, fau
     model = tlearn.train(str(plain), out=str(tmp_path / "run"), **options)
     assert any("retrying the epoch" in line for line in lines)
     state = load_state(tmp_path / "run" / "state.pt")
-    assert state["lr_scale"] == pytest.approx(0.1)
+    assert state["nan_guard"]["lr_scale"] == pytest.approx(0.1)
     assert state["position"]["finished"]
     assert [r["epoch"] for r in metric_rows(tmp_path / "run")] == ["1", "2"]
     assert all(torch.isfinite(p).all() for p in model.classifier.parameters())

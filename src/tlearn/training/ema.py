@@ -9,11 +9,16 @@ a short run is not dominated by its untrained starting point (TensorFlow's num_u
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
 
 import torch
 from torch import nn
+
+from tlearn.training.hooks import Hook, Step
+from tlearn.training.phase import PhaseRun
 
 
 class WeightAverage:
@@ -62,3 +67,53 @@ class WeightAverage:
         self.updates = int(state["updates"])
         for k, v in state["shadow"].items():
             self.shadow[k].copy_(v)
+
+
+class AveragedWeights(Hook):
+    """The loop's hook for --ema: averaged after every step, swapped in to evaluate and save,
+    and the model the run returns."""
+
+    key = "ema"
+    rewinds = True  # a NaN retry restarts the epoch from the average it began with
+
+    def __init__(self, decay: float | None) -> None:
+        self.decay = decay
+        self.average: WeightAverage | None = None
+        self.module: nn.Module | None = None  # the module averaged (the head on features)
+        self.pending: dict | None = None  # a resumed run's average, until its module exists
+
+    def on_restored(self, loop: Any, module: nn.Module) -> None:
+        if self.pending is None:
+            return
+        if self.average is None:  # a finished run resumed: no epoch rebuilt the average
+            self.average, self.module = WeightAverage(module, self.decay or 0.999), module
+        self.average.load_state_dict(self.pending)
+        self.pending = None
+
+    def on_phase_start(self, loop: Any, run: PhaseRun) -> None:
+        if self.decay and self.module is not run.module:
+            self.average, self.module = WeightAverage(run.module, self.decay), run.module
+
+    def after_step(self, loop: Any, run: PhaseRun, step: Step) -> None:
+        if self.average is not None and step.batch is not None:
+            self.average.update(run.module)
+
+    def evaluating(self, loop: Any, run: PhaseRun) -> AbstractContextManager:
+        if self.average is None or self.module is not run.module:
+            return contextlib.nullcontext()
+        return self.average.swapped_in(run.module)
+
+    def on_train_end(self, loop: Any) -> None:
+        """The averaged weights become the model the run returns (the files already hold them)."""
+        if self.average is not None and self.module is not None:
+            self.average.copy_to(self.module)
+
+    def state_dict(self) -> dict | None:
+        return None if self.average is None else self.average.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pending = state
+
+    def rewind(self, state: dict) -> None:
+        if self.average is not None:
+            self.average.load_state_dict(state)

@@ -22,17 +22,17 @@ from tlearn.files import atomic_write_text
 from tlearn.models import Classifier
 from tlearn.training import distributed, loop, progressive
 from tlearn.training.balance import class_weights, per_class_recall
-from tlearn.training.budget import (
-    Plan,
-)
 from tlearn.training.budget.clock import Clock
-from tlearn.training.budget.keeper import BUDGET_OVERRUN, BudgetKeeping
-from tlearn.training.ema import WeightAverage
+from tlearn.training.budget.keeper import BudgetKeeper
+from tlearn.training.checkpointing import Checkpoints
+from tlearn.training.ema import AveragedWeights
+from tlearn.training.hooks import EpochEnd, Hook, Step, first_reason, hook_states, load_hook_states
 from tlearn.training.inputs import InputPaths
 from tlearn.training.interrupt import Interrupted, StopRequests
 from tlearn.training.ledger import SkippedFiles
+from tlearn.training.nan_guard import NanGuard, check_finite
 from tlearn.training.order import EpochBatches, batches_per_epoch
-from tlearn.training.phase import PhaseRun, scale_learning_rate
+from tlearn.training.phase import PhaseRun
 from tlearn.training.schedule import lr_factor
 from tlearn.training.state import (
     STATE_NAME,
@@ -50,11 +50,12 @@ from tlearn.training.strategies import (
 Log = Callable[[str], None]
 
 
-class Epochs(InputPaths, BudgetKeeping, SkippedFiles):
-    """The epoch loop shared by the cached-feature and whole-image paths, and its bookkeeping.
+class Epochs(InputPaths):
+    """The epoch loop shared by the three input paths; its other concerns are `self.hooks`.
 
     Where the run is lives in `self.position` (phase, finished epochs, step in the open epoch);
-    every checkpoint writes it with the tensors, optimizer, scheduler and RNGs to `state.pt`.
+    every checkpoint writes it with the tensors, optimizer, scheduler, RNGs, the metrics rows
+    and each hook's own state to `state.pt`.
     """
 
     def __init__(
@@ -94,30 +95,37 @@ class Epochs(InputPaths, BudgetKeeping, SkippedFiles):
         self.rows: list[dict] = list(state.get("rows", []))
         self.best_score: float = state.get("best_score", -math.inf)
         self.best_correct: torch.Tensor | None = state.get("best_correct")
-        self.lr_scale: float = state.get("lr_scale", 1.0)
-        self.nan_retries: int = state.get("nan_retries", 0)
         # processes the run started with: its global batch (and --lr-scale) stay theirs
         self.processes: int = int(state.get("processes", distributed.world().size))
         self.elapsed_before: float = state.get("elapsed", 0.0)
-        self.skipped: dict[str, dict[int, str]] = state.get("skipped", {"train": {}, "val": {}})
-        self.shortfall = {"train": 0, "val": 0}  # undecodable images that could not be named
         self.failed_saves: set[str] = set()
         self.setup_s = 0.0  # time before the epochs began (loading, planning), for --budget
-        self.budget_s = parse_duration(cfg.budget) if cfg.budget else None
         self.epoch_started = self.clock.now()
         self.size_note = ""  # " (32px)" while progressive resizing trains below the full size
-        self.plan: Plan | None = None  # --budget: the planner's, while its epochs may change
-        self.refitted = False  # to the first epoch's steps (`refit_to_speed`), once
-        self.speed_mark: tuple[int, float] | None = None
-        self.ema: WeightAverage | None = None
-        self.ema_module: nn.Module | None = None
-        self.early = EarlyStopping(cfg.patience, cfg.monitor)
-        if state.get("early"):
-            self.early.load_state_dict(state["early"])
+        self.progress: loop.EpochProgress | None = None  # the open epoch's
         if state.get("metrics"):
             spec.metrics = dict(state["metrics"])
         self.val_predictions: dict[str, loop.Predictions | None] = {}  # of best and last
+        self.ema = AveragedWeights(cfg.ema)
         self.steps = StepLog(run_dir, cfg.tensorboard, resume=bool(state))
+        self.guard = NanGuard()
+        self.budget = BudgetKeeper(parse_duration(cfg.budget) if cfg.budget else None)
+        self.ledger = SkippedFiles(splits, log)
+        # in calling order; on an epoch's end the first reason to stop wins (early stopping's)
+        self.hooks: list[Hook] = [
+            self.ema,
+            self.steps,
+            self.guard,
+            EarlyStopping(cfg.patience, cfg.monitor),
+            self.budget,
+            self.ledger,
+            Checkpoints(),
+        ]
+        load_hook_states(self.hooks, state)
+
+    def call(self, event: str, *args: Any) -> list[Any]:
+        """Every hook's `event`, in order."""
+        return [getattr(hook, event)(self, *args) for hook in self.hooks]
 
     # -- the epoch loop --------------------------------------------------------------------
 
@@ -154,26 +162,28 @@ class Epochs(InputPaths, BudgetKeeping, SkippedFiles):
         """The phase's epochs from where the run stands; a NaN/Inf loss retries an epoch once."""
         cfg = self.cfg
         self.apply_pending(run.module, run if self.pending_phase() == run.index else None)
-        self.ensure_average(run.module)
+        self.call("on_phase_start", run)
         trained = distributed.wrap(run.module, self.device, cfg.sync_bn)  # several processes
+        readback = loop.readback_interval(self.device)
         while self.position.epoch < run.end and not self.position.finished:
             self.epoch_started = self.clock.now()
             if self.stop.requested:  # a signal during feature extraction or evaluation
                 self.save_state(run)
                 self.interrupted()
+            self.call("on_epoch_start", run)
             epoch = self.position.epoch
-            good = self.capture(run)  # the last good state, for a retry
             pos = self.position
             progress = loop.EpochProgress(pos.step, pos.loss_sum, pos.seen, pos.unused)
             if not distributed.is_main():  # a resumed epoch's sums are rank 0's: count them once
                 progress.loss_sum, progress.seen = 0.0, 0
+            self.progress = progress
             limit = self.epoch_limit(epoch)
             batches = EpochBatches(loader, cfg.seed, epoch, progress.step, limit)
 
             def after_step(
                 batch: Any, progress: loop.EpochProgress, batches: EpochBatches = batches
             ) -> None:
-                self.after_step(run, batches, batch, progress)
+                self.after_step(run, Step(batches, batch, progress))
 
             size = run.size_of(epoch) if run.size_of else None  # progressive resizing
             self.size_note = f" ({size}px)" if size and size != run.full_size else ""
@@ -193,38 +203,24 @@ class Epochs(InputPaths, BudgetKeeping, SkippedFiles):
                         after_step=after_step,
                         scaler=self.scaler,
                         now=self.clock.now,
+                        readback_every=readback,
                     )
+                self.progress = None
                 stats = self.job_stats(stats, progress)
-                self.check_finite(run.module, progress.step)
-                self.end_epoch(run, stats, evaluate, loader)
+                check_finite(run.module, progress.step)
+                self.end_epoch(run, stats, evaluate, loader, progress)
             except loop.NonFiniteLoss as e:
-                self.retry_with_lower_lr(run, good, e)
+                self.progress = None
+                self.guard.recover(self, run, e)
         if self.stop.requested:
             self.interrupted()
 
-    def after_step(
-        self, run: PhaseRun, batches: EpochBatches, batch: Any, progress: loop.EpochProgress
-    ) -> None:
-        if self.ema is not None and batch is not None:
-            self.ema.update(run.module)
-        self.steps.on_step(self.position.epoch, progress, run.optimizer.param_groups[0]["lr"])
-        if self.plan is not None and not self.refitted and self.position.epoch == 0:
-            self.refit_to_speed(run, batches, progress.step)
-        k = progress.step - 1
-        expected = batches.expected(k)
-        if expected is not None:  # the PIL path: name the files its workers could not decode
-            got = set(batch[2].tolist()) if batch is not None and len(batch) > 2 else set()
-            for i in expected.tolist():
-                if i not in got:
-                    self.note_skipped("train", i)
+    def after_step(self, run: PhaseRun, step: Step) -> None:
+        progress = step.progress
         self.position.step, self.position.loss_sum = progress.step, progress.loss_sum
         self.position.seen, self.position.unused = progress.seen, progress.unused
-        every = self.cfg.checkpoint_every
-        if self.stop.requested:
-            self.save_state(run)
-            self.interrupted()
-        if every and progress.step % every == 0 and progress.step < batches.start + len(batches):
-            self.save_state(run)
+        self.call("after_step", run, step)
+        progress.logged.clear()  # every hook has seen the losses read back since the last step
 
     def job_stats(self, stats: loop.EpochStats, progress: loop.EpochProgress) -> loop.EpochStats:
         """Several processes: the epoch's loss and images over every rank (one: `stats`)."""
@@ -234,74 +230,27 @@ class Epochs(InputPaths, BudgetKeeping, SkippedFiles):
         seconds = distributed.max_all(stats.seconds)
         return loop.EpochStats(loss_sum / max(1.0, seen), int(images), seconds, 0)
 
-    def retry_with_lower_lr(self, run: PhaseRun, good: dict, error: loop.NonFiniteLoss) -> None:
-        where = f"epoch {self.position.epoch + 1}, step {error.step + 1}"
-        if distributed.active():  # one rank alone cannot go back: the others would wait for it
-            raise TlearnError(
-                f"the loss became {error.value} ({where}) in a job of several processes, which "
-                f"does not retry: the last good checkpoint is kept in {self.cfg.out}; start "
-                "again with a lower --lr, or check the data"
-            )
-        if self.nan_retries >= 1:
-            raise TlearnError(
-                f"the loss became {error.value} again ({where}) after the learning rate was "
-                f"lowered: the last good checkpoint is kept in {self.run_dir}; lower --lr or "
-                "check the data"
-            )
-        self.nan_retries += 1
-        restore(good, run.module, run.optimizer, run.scheduler)
-        if self.ema is not None and good.get("ema") is not None:
-            self.ema.load_state_dict(good["ema"])
-        self.position = Position.from_dict(good["position"])
-        self.lr_scale *= 0.1
-        scale_learning_rate(run.optimizer, run.scheduler, 0.1)
-        self.log(
-            f"warning: the loss became {error.value} ({where}): back to the last good state, "
-            "learning rate x0.1, retrying the epoch"
-        )
-
     # -- bookkeeping -----------------------------------------------------------------------
 
     def end_epoch(
-        self, run: PhaseRun, stats: loop.EpochStats, evaluate: Callable, loader: Any
+        self,
+        run: PhaseRun,
+        stats: loop.EpochStats,
+        evaluate: Callable,
+        loader: Any,
+        progress: loop.EpochProgress | None = None,
     ) -> None:
         """Evaluate and save (the averaged weights with --ema), then decide whether to go on."""
-        with self.averaged(run.module):
+        with contextlib.ExitStack() as held:
+            for context in self.call("evaluating", run):
+                held.enter_context(context)
             row = self.record_epoch(run, stats, distributed.on_main(evaluate))
-        fitted = False
-        if self.budget_s is not None and not self.position.finished:
-            fitted = self.fit_to_budget(run, stats, loader)
-        reason = self.stop_reason(row, run, budget=not fitted)
+        end = EpochEnd(row, stats, loader, progress)
+        reason = first_reason(self.call("on_epoch_end", run, end))
         if reason and not self.position.finished:
             self.position.finished = True
             self.log(f"stopping after epoch {row['epoch']}: {reason}")
-        if not self.failed_saves & {"metrics.csv", "last.safetensors", "best.safetensors"}:
-            self.save_state(run)  # last, and only over whole files: resume redoes a failed epoch
-
-    def stop_reason(
-        self, row: dict, run: PhaseRun | None = None, budget: bool = True
-    ) -> str | None:
-        """Early stopping (--patience) or a budget the next epoch would overrun (--budget)."""
-        if self.early.update(row):
-            return (
-                f"{self.cfg.monitor} has not improved for {self.early.patience} epoch(s) "
-                "(--patience)"
-            )
-        if budget and self.budget_s is not None and not self.position.finished:
-            used = self.setup_s + self.elapsed()
-            last = self.clock.now() - self.epoch_started
-            if run is not None and run.size_of and row["epoch"] < self.cfg.epochs:
-                # progressive resizing: the next epoch has larger images than this one
-                now, then = run.size_of(row["epoch"] - 1), run.size_of(row["epoch"])
-                full = run.full_size
-                last *= progressive.relative_cost(then, full) / progressive.relative_cost(now, full)
-            next_end = used + last
-            if next_end > BUDGET_OVERRUN * self.budget_s:
-                return (
-                    f"another epoch would end near {next_end:.0f}s, past the "
-                    f"{self.budget_s:.0f}s budget (--budget {self.cfg.budget})"
-                )
-        return None
+        self.call("after_epoch", run)
 
     def record_epoch(
         self, run: PhaseRun, stats: loop.EpochStats, pred: loop.Predictions | None
@@ -316,7 +265,7 @@ class Epochs(InputPaths, BudgetKeeping, SkippedFiles):
             "val_accuracy": None if val_acc is None else round(val_acc, 5),
             "images_per_s": round(stats.images_per_second, 1),
             "elapsed_s": round(elapsed, 1),
-            "skipped": max(stats.skipped, self.skipped_count("train")),
+            "skipped": max(stats.skipped, self.ledger.skipped_count("train")),
         }
         classes = self.spec.classes
         if (
@@ -332,7 +281,6 @@ class Epochs(InputPaths, BudgetKeeping, SkippedFiles):
                 for name, r in zip(classes, recall, strict=True)
             ))  # fmt: skip
         self.rows.append(row)
-        self.steps.on_epoch(row)
         val_text = (
             f"val_loss {val_loss:.4f}  val_acc {val_acc:.4f}" if val_acc is not None else "no val"
         )
@@ -348,8 +296,8 @@ class Epochs(InputPaths, BudgetKeeping, SkippedFiles):
             "val_loss": val_loss,
             "val_accuracy": val_acc,
             "train_loss": stats.loss,
-            "skipped_train": self.skipped_count("train"),
-            "skipped_val": self.skipped_count("val"),
+            "skipped_train": self.ledger.skipped_count("train"),
+            "skipped_val": self.ledger.skipped_count("val"),
         }
         self.try_save("last.safetensors", self.save_model("last.safetensors"))
         self.val_predictions["last.safetensors"] = pred
@@ -364,49 +312,36 @@ class Epochs(InputPaths, BudgetKeeping, SkippedFiles):
             self.val_predictions["best.safetensors"] = pred
         return row
 
-    # -- --ema -----------------------------------------------------------------------------
-
-    def ensure_average(self, module: nn.Module) -> None:
-        if self.cfg.ema and self.ema_module is not module:
-            self.ema, self.ema_module = WeightAverage(module, self.cfg.ema), module
-
-    def averaged(self, module: nn.Module) -> Any:
-        if self.ema is None or self.ema_module is not module:
-            return contextlib.nullcontext()
-        return self.ema.swapped_in(module)
-
-    def keep_average(self) -> None:
-        """The averaged weights become the model the run returns (the files already hold them)."""
-        if self.ema is not None and self.ema_module is not None:
-            self.ema.copy_to(self.ema_module)
+    # -- state and files ---------------------------------------------------------------------
 
     def save_model(self, name: str) -> Callable[[], Any]:
         return lambda: save_model(self.run_dir / name, self.model, self.spec)
 
     def capture(self, run: PhaseRun) -> dict:
+        """The loop's position and records, and every hook's state under its key."""
         return capture(
             run.module,
             run.optimizer,
             run.scheduler,
             Position(**{**asdict(self.position), "phase": run.index}),
+            scaler=self.scaler,
             scope="top" if run.module is not self.model else "model",
             rows=self.rows,
             best_score=self.best_score,
             best_correct=self.best_correct,
-            lr_scale=self.lr_scale,
-            nan_retries=self.nan_retries,
             elapsed=self.elapsed(),
-            skipped=self.skipped,
             metrics=self.spec.metrics,
             config=self.spec.config,
             n_train=len(self.splits.train),
-            ema=None if self.ema is None else self.ema.state_dict(),
-            early=self.early.state_dict(),
             processes=self.processes,
+            **hook_states(self.hooks),
         )
 
     def save_state(self, run: PhaseRun) -> None:
-        self.check_finite(run.module, self.position.step)
+        if self.progress is not None:  # the open epoch's losses still on the device
+            self.progress.flush()
+            self.position.loss_sum, self.position.seen = self.progress.loss_sum, self.progress.seen
+        check_finite(run.module, self.position.step)
         state = self.capture(run)
         self.try_save(STATE_NAME, lambda: save_state(self.run_dir / STATE_NAME, state))
 
@@ -431,24 +366,27 @@ class Epochs(InputPaths, BudgetKeeping, SkippedFiles):
         if self.pending is None:
             return
         optimizer, scheduler = (run.optimizer, run.scheduler) if run else (None, None)
-        restore(self.pending, module, optimizer, scheduler)
-        if self.pending.get("ema") is not None:
-            if self.ema is None:  # a finished run resumed: no epoch rebuilt the average
-                self.ema = WeightAverage(module, self.cfg.ema or 0.999)
-                self.ema_module = module
-            self.ema.load_state_dict(self.pending["ema"])
+        restore(self.pending, module, optimizer, scheduler, self.scaler if run else None)
         self.pending = None
+        self.call("on_restored", module)
 
     def optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
         """A phase's optimizer, at the lowered rate when a NaN retry happened earlier."""
+        lowered = self.guard.lr_scale
         for g in groups:  # --lr-scale: to the global batch of `processes` x --batch-size
-            g["lr"] *= self.lr_scale * distributed.lr_factor(self.cfg.lr_scale, self.processes)
+            g["lr"] *= lowered * distributed.lr_factor(self.cfg.lr_scale, self.processes)
         return build_optimizer(groups, self.cfg.optimizer, self.cfg.momentum)
 
-    def check_finite(self, module: nn.Module, step: int) -> None:
-        """Weights that overflowed must never reach a checkpoint: treat them as a NaN loss."""
-        if not all(torch.isfinite(p).all() for p in module.parameters() if p.requires_grad):
-            raise loop.NonFiniteLoss(float("nan"), max(0, step - 1))
+    def finish(self) -> None:
+        """The hooks' last word (the averaged weights kept, skipped.txt), then a clear failure
+        if a final file could not be written."""
+        self.call("on_train_end")
+        if self.failed_saves:
+            raise TlearnError(
+                f"could not write {', '.join(sorted(self.failed_saves))} in {self.run_dir} (see "
+                f"the warnings above): free space there and run `tlearn train --resume "
+                f"{self.run_dir}`"
+            )
 
     def interrupted(self) -> None:
         pos = self.position

@@ -41,7 +41,7 @@ from tlearn.training.strategies import (
 
 
 class InputPaths:
-    """Part of `Epochs`: how the training data reaches the loop."""
+    """Part of `Epochs`: how the training data reaches the loop (its loaders and evaluation)."""
 
     def run_on_features(
         self, pre: Preprocessing, precision: str, probe: SolvedProbe | None = None
@@ -61,8 +61,8 @@ class InputPaths:
             self.log(f"skipped {skipped} training images that could not be decoded")
         self.log(f"features ready in {self.clock.now() - self.started:.1f}s")
         head = self.model.top()  # fusion + head: what trains on top of frozen features
-        self.note_features_shortfall("train", self.splits.train, train)
-        self.note_features_shortfall("val", self.splits.val, val)
+        self.ledger.note_features_shortfall("train", self.splits.train, train)
+        self.ledger.note_features_shortfall("val", self.splits.val, val)
         if probe is not None:
             self.record_solved(head, probe)
             return
@@ -107,8 +107,7 @@ class InputPaths:
             pred = loop.predict_all(head, val_loader, self.device, self.autocast)
         rows = len(probe.train) * (2 if probe.train.flipped is not None else 1)
         stats = loop.EpochStats(probe.fit.train_loss, rows, probe.seconds)
-        self.record_epoch(run, stats, pred)
-        self.save_state(run)
+        self.end_epoch(run, stats, lambda: pred, None)
 
     def run_on_images(
         self, phases: list[Phase], stages: list[list[list[nn.Parameter]]], pre: Preprocessing
@@ -127,7 +126,7 @@ class InputPaths:
             weights = sample_weights(targets, len(self.splits.classes))
             (sampler if decoded is None else inner).sample_weights = weights
         for i, _ in getattr(train_loader, "skipped", []):  # the decode-once path found them
-            self.note_skipped("train", i)
+            self.ledger.note_skipped("train", i)
         val_loader = (
             image_loader(
                 self.splits.val,
@@ -146,7 +145,7 @@ class InputPaths:
                 return None
             pred = loop.predict_all(self.model, val_loader, self.device, self.autocast)
             for i in sorted(set(range(len(self.splits.val))) - set(pred.indices.tolist())):
-                self.note_skipped("val", i)
+                self.ledger.note_skipped("val", i)
             return pred
 
         full = pre.input_size
@@ -186,8 +185,8 @@ class InputPaths:
             f"frozen stages computed once in {time.perf_counter() - started:.1f}s ({shape} per "
             f"image{', mirrors too' if flips(cfg) else ''}); the rest of the network trains on them"
         )
-        self.note_features_shortfall("train", self.splits.train, train)
-        self.note_features_shortfall("val", self.splits.val, val)
+        self.ledger.note_features_shortfall("train", self.splits.train, train)
+        self.ledger.note_features_shortfall("val", self.splits.val, val)
         loader = FeatureLoader(
             train, cfg.batch_size, shuffle=True, generator=self.generator, dtype=torch.float32
         )

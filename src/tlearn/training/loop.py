@@ -6,10 +6,11 @@ decode), so the same code trains a whole network on images and a head on cached 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -39,18 +40,51 @@ class NonFiniteLoss(FloatingPointError):
         self.value, self.step = value, step
 
 
+# Steps between reading the loss back to the host on an accelerator: each read waits for the
+# device to finish its queue, so the loss is read (and checked) every few steps, as nanoGPT logs.
+# A CPU has no queue to wait for: every step is read and checked before the next.
+READBACK_STEPS = 16
+
+
+def readback_interval(device: torch.device) -> int:
+    return 1 if device.type == "cpu" else READBACK_STEPS
+
+
 @dataclass
 class EpochProgress:
     """What an epoch has done so far: carried across a resume, so its metrics come out the same.
 
     `step` counts batch positions (undecodable batches too), which makes it the index of the next
-    batch in the epoch's order.
+    batch in the epoch's order. Losses still on the device wait in `pending` until `flush`.
     """
 
     step: int = 0
     loss_sum: float = 0.0
     seen: int = 0
     unused: int = 0  # lone images batch-norm cannot train on (see `train_one_epoch`)
+    pending: list = field(default_factory=list)  # (loss tensor, images, step, lr) not read yet
+    logged: list = field(default_factory=list)  # (loss, lr) of steps read, for the step log
+
+    def flush(self) -> None:
+        """Read the waiting losses back (one device sync) into the running sums.
+
+        A non-finite one raises `NonFiniteLoss` naming its step: the steps after it were taken,
+        so the caller goes back to a state saved before it (the NaN guard does).
+        """
+        if not self.pending:
+            return
+        values = torch.stack([p[0] for p in self.pending]).tolist()
+        pending, self.pending = self.pending, []
+        for value, (_, images, step, lr) in zip(values, pending, strict=True):
+            if not math.isfinite(value):
+                raise NonFiniteLoss(value, step)
+            self.loss_sum += value * images
+            self.seen += images
+            self.logged.append((value, lr))
+
+    def take_logged(self) -> list[tuple[float, float]]:
+        logged, self.logged = self.logged, []
+        return logged
 
 
 def train_one_epoch(
@@ -68,12 +102,13 @@ def train_one_epoch(
     after_step: Callable[[Any, EpochProgress], None] | None = None,
     scaler: torch.amp.GradScaler | None = None,
     now: Callable[[], float] = time.perf_counter,
+    readback_every: int = 1,
 ) -> EpochStats:
     """Train over `loader`; `progress` continues an epoch begun earlier (and is updated in place).
 
     `after_step(batch, progress)` runs after every batch position, None batches included: the
     trainer checkpoints, counts skipped files and honours stop requests there. A non-finite loss
-    raises `NonFiniteLoss` before the optimizer can apply it.
+    raises `NonFiniteLoss` when it is read back (`readback_every` steps; 1: before the next).
     """
     progress = progress if progress is not None else EpochProgress()
     set_train_mode()
@@ -91,17 +126,18 @@ def train_one_epoch(
         elif batch is not None:
             inputs, labels = batch[0].to(device, non_blocking=True), batch[1].to(device)
             loss = training_loss(model, inputs, labels, loss_fn, autocast)
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(loss.item(), progress.step)
             optimizer_step(loss, optimizer, scaler)
             scheduler.step()
-            progress.loss_sum += loss.item() * len(labels)
-            progress.seen += len(labels)
+            lr = optimizer.param_groups[0]["lr"]
+            progress.pending.append((loss.detach(), len(labels), progress.step, lr))
             seen_here += len(labels)
-            bar.set_postfix(loss=f"{progress.loss_sum / max(1, progress.seen):.4f}")
+            if len(progress.pending) >= readback_every:
+                progress.flush()
+                bar.set_postfix(loss=f"{progress.loss_sum / max(1, progress.seen):.4f}")
         progress.step += 1
         if after_step is not None:
             after_step(batch, progress)
+    progress.flush()
     # Images that failed to decode were dropped by the collate function: the shortfall counts them.
     dataset = getattr(loader, "dataset", None)
     skipped = (

@@ -31,7 +31,7 @@ from tlearn.files import atomic_write
 
 STATE_NAME = "state.pt"
 STATE_FORMAT = "tlearn.state"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: each hook's state under its key (1 kept the NaN guard's at the top)
 # Options `--resume` may change: where and with how many loader processes, not what is computed.
 RESUME_MAY_CHANGE = frozenset({"workers", "device", "nproc"})
 
@@ -95,6 +95,7 @@ def capture(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     position: Position,
+    scaler: torch.amp.GradScaler | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """A self-contained copy of the training state (safe to keep while training goes on)."""
@@ -105,7 +106,7 @@ def capture(
         "model": {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()},
         "optimizer": copy.deepcopy(optimizer.state_dict()),
         "scheduler": copy.deepcopy(scheduler.state_dict()),
-        "scaler": None,  # no GradScaler: bf16 needs none, and fp16 runs use autocast alone
+        "scaler": None if scaler is None else copy.deepcopy(scaler.state_dict()),  # fp16 on GPUs
         "rng": rng_state(),
         **copy.deepcopy(extra),
     }
@@ -116,13 +117,16 @@ def restore(
     module: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> None:
-    """Put tensors, optimizer/scheduler (when given) and RNGs back as they were captured."""
+    """Put tensors, optimizer/scheduler/loss scaler (when given) and RNGs back as captured."""
     module.load_state_dict(state["model"])
     if optimizer is not None:
         optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
     if scheduler is not None:
         scheduler.load_state_dict(copy.deepcopy(state["scheduler"]))
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(copy.deepcopy(state["scaler"]))
     set_rng_state(state["rng"])
 
 
@@ -158,6 +162,16 @@ def load_state(path: Path) -> dict[str, Any]:
     missing = [k for k in _REQUIRED if k not in state]
     if missing:
         raise TlearnError(f"{path} lacks {missing[0]!r}: delete it to restart the run")
+    return upgraded(state)
+
+
+def upgraded(state: dict[str, Any]) -> dict[str, Any]:
+    """A state of an older format in today's layout, so an older run still resumes."""
+    if int(state.get("version", 1)) < 2 and "nan_guard" not in state:
+        state["nan_guard"] = {
+            "lr_scale": float(state.pop("lr_scale", 1.0)),
+            "retries": int(state.pop("nan_retries", 0)),
+        }
     return state
 
 

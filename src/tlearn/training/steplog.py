@@ -1,8 +1,8 @@
 """Per-step loss and learning rate (`steps.csv`), and the same to TensorBoard with --tensorboard.
 
 `metrics.csv` (one row an epoch) stays the plain source of truth; this adds the finer curve that
-reports draw and TensorBoard shows live. The step's loss comes from the running sum the loop
-already keeps, so logging adds no device synchronisation of its own. `lr` is the first
+reports draw and TensorBoard shows live. The step's loss is the one the loop reads back anyway
+(`EpochProgress.flush`), so logging adds no device synchronisation of its own. `lr` is the first
 parameter group's rate once the step is taken (the scheduler has moved on to the next step).
 """
 
@@ -15,6 +15,8 @@ from typing import Any
 
 from tlearn.errors import TlearnError
 from tlearn.files import atomic_write_text
+from tlearn.training.hooks import EpochEnd, Hook, Step
+from tlearn.training.phase import PhaseRun
 
 FIELDS = ("step", "epoch", "loss", "lr")
 
@@ -31,8 +33,11 @@ def tensorboard_writer(log_dir: Path) -> Any:
     return SummaryWriter(log_dir=str(log_dir))
 
 
-class StepLog:
-    """Rows of (global step, epoch, loss, lr); written at each epoch end, atomically."""
+class StepLog(Hook):
+    """Rows of (global step, epoch, loss, lr); written at each epoch end, atomically.
+
+    The loop's hook for steps.csv and --tensorboard; steps.csv itself is what a resume reads.
+    """
 
     def __init__(self, run_dir: Path, tensorboard: bool = False, resume: bool = False) -> None:
         self.path = run_dir / "steps.csv"
@@ -41,16 +46,22 @@ class StepLog:
             with open(self.path, newline="") as f:
                 self.rows = list(csv.DictReader(f))
         self.writer = tensorboard_writer(run_dir / "tb") if tensorboard else None
-        self.last: tuple[float, int] | None = None  # (loss_sum, seen) after the previous step
 
-    def on_step(self, epoch: int, progress: Any, lr: float) -> None:
-        """After one optimizer step: the loss of that step from the loop's running sums."""
-        loss_sum, seen = progress.loss_sum, progress.seen
-        before = self.last if self.last is not None and self.last[1] <= seen else (0.0, 0)
-        self.last = (loss_sum, seen)
-        if seen <= before[1]:
-            return  # an undecodable batch: nothing trained
-        loss = (loss_sum - before[0]) / (seen - before[1])
+    def after_step(self, loop: Any, run: PhaseRun, step: Step) -> None:
+        """The steps whose loss the loop has read back (every step on a CPU)."""
+        for loss, lr in step.progress.logged:
+            self.add(loop.position.epoch, loss, lr)
+
+    def on_epoch_end(self, loop: Any, run: PhaseRun, end: EpochEnd) -> None:
+        if end.progress is not None:  # the epoch's last losses, read back after its last step
+            for loss, lr in end.progress.take_logged():
+                self.add(loop.position.epoch - 1, loss, lr)
+        self.on_epoch(end.row)
+
+    def on_train_end(self, loop: Any) -> None:
+        self.close()
+
+    def add(self, epoch: int, loss: float, lr: float) -> None:
         step = len(self.rows) + 1
         self.rows.append({"step": step, "epoch": epoch + 1, "loss": round(loss, 5), "lr": lr})
         if self.writer is not None:
@@ -59,7 +70,6 @@ class StepLog:
 
     def on_epoch(self, row: dict) -> None:
         """An epoch's metrics.csv row: to TensorBoard, and the steps so far to steps.csv."""
-        self.last = None  # the next epoch's running sums start again
         if self.writer is not None:
             for key, value in row.items():
                 if key != "epoch" and isinstance(value, (int, float)):

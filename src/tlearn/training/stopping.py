@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
+from tlearn.training.hooks import EpochEnd, Hook
+from tlearn.training.phase import PhaseRun
+
 
 @dataclass
-class EarlyStopping:
+class EarlyStopping(Hook):
+    """The loop's hook for --patience; its counters are its resume state."""
+
+    key = "early"
     patience: int | None
     monitor: str = "val_loss"  # or val_accuracy; train_loss when there is no validation set
     best: float = math.inf  # stored as "lower is better" (accuracy negated)
@@ -36,6 +43,11 @@ class EarlyStopping:
         else:
             self.bad_epochs += 1
         return self.bad_epochs >= self.patience
+
+    def on_epoch_end(self, loop: Any, run: PhaseRun, end: EpochEnd) -> str | None:
+        if self.update(end.row):
+            return f"{self.monitor} has not improved for {self.patience} epoch(s) (--patience)"
+        return None
 
     def state_dict(self) -> dict:
         return asdict(self)

@@ -190,7 +190,7 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
     log_job(cfg, trainer.processes, log)
     refits = plan is not None and "epochs" not in plan.kept  # the user's epochs: only shortened
     if refits and plan.strategy != "linear-probe" and len(phases) == 1:
-        trainer.plan = plan  # refitted to the first steps' real speed, then at each epoch
+        trainer.budget.plan = plan  # refitted to the first steps' real speed, then at each epoch
     if use_features:
         trainer.run_on_features(data_pre, precision, probe)
     elif prefix is not None:
@@ -222,9 +222,7 @@ def settle_config(
 
 def finish_run(cfg: TrainConfig, trainer: Epochs, model: Classifier, log: Log) -> None:
     """The end of training: what needs the finished model and its validation predictions."""
-    trainer.keep_average()
-    trainer.finish()
-    trainer.steps.close()
+    trainer.finish()  # the averaged weights kept, skipped.txt, the step log closed
     if cfg.calibration:  # one temperature per saved model, from its epoch's validation logits
         trainer.spec.calibration = calibrate_run(trainer.run_dir, trainer.val_predictions, log)
         model.temperature = trainer.spec.temperature

@@ -9,15 +9,18 @@ from __future__ import annotations
 from typing import Any
 
 from tlearn.config import TrainConfig
-from tlearn.training import loop
+from tlearn.training import loop as epoch_loop
+from tlearn.training import progressive
 from tlearn.training.budget import (
     FIXED_OVERHEAD_S,
     SAFETY,
+    Plan,
     fit_remaining,
     max_epochs,
     refit_schedule,
     save_plan,
 )
+from tlearn.training.hooks import EpochEnd, Hook, Step
 from tlearn.training.order import EpochBatches, batches_per_epoch
 from tlearn.training.phase import PhaseRun
 
@@ -27,57 +30,94 @@ BUDGET_OVERRUN = 1.05
 REFIT_FROM_STEP = 5  # --budget times the first epoch's steps from here (the first warm caches)
 
 
-class BudgetKeeping:
-    """Part of `Epochs`: the refits of a `--budget` run (`self.plan`, `self.budget_s`)."""
+class BudgetKeeper(Hook):
+    """The loop's hook for `--budget`: refits while the run trains, and the stop before an
+    epoch that would overrun. `plan` is the planner's while its epochs may still change."""
 
-    def refit_to_speed(self, run: PhaseRun, batches: EpochBatches, step: int) -> None:
+    def __init__(self, budget_s: float | None, plan: Plan | None = None) -> None:
+        self.budget_s = budget_s
+        self.plan = plan
+        self.refitted = False  # to the first epoch's steps (`refit_to_speed`), once
+        self.speed_mark: tuple[int, float] | None = None
+
+    def after_step(self, loop: Any, run: PhaseRun, step: Step) -> None:
+        if self.plan is not None and not self.refitted and loop.position.epoch == 0:
+            self.refit_to_speed(loop, run, step.batches, step.progress.step)
+
+    def on_epoch_end(self, loop: Any, run: PhaseRun, end: EpochEnd) -> str | None:
+        if self.budget_s is None or loop.position.finished:
+            return None
+        if self.fit_to_budget(loop, run, end.stats, end.loader):
+            return None
+        return self.overrun(loop, run, end.row)
+
+    def overrun(self, loop: Any, run: PhaseRun, row: dict) -> str | None:
+        """A budget the next epoch would overrun, by the last epoch's length."""
+        used = loop.setup_s + loop.elapsed()
+        last = loop.clock.now() - loop.epoch_started
+        if run.size_of and row["epoch"] < loop.cfg.epochs:
+            # progressive resizing: the next epoch has larger images than this one
+            now, then = run.size_of(row["epoch"] - 1), run.size_of(row["epoch"])
+            full = run.full_size
+            last *= progressive.relative_cost(then, full) / progressive.relative_cost(now, full)
+        next_end = used + last
+        if next_end > BUDGET_OVERRUN * self.budget_s:
+            return (
+                f"another epoch would end near {next_end:.0f}s, past the "
+                f"{self.budget_s:.0f}s budget (--budget {loop.cfg.budget})"
+            )
+        return None
+
+    def refit_to_speed(self, loop: Any, run: PhaseRun, batches: EpochBatches, step: int) -> None:
         """--budget: time steps 5 to ~10% of the first epoch, then refit the schedule to them.
 
         The epochs and their length in steps change while the schedule is still warming up;
         config.yaml and plan.json record them, so a resume or a rerun trains the same.
         """
-        plan, cfg = self.plan, self.cfg
-        per_epoch = self.epoch_steps(batches.loader)
+        plan, cfg = self.plan, loop.cfg
+        per_epoch = loop.epoch_steps(batches.loader)
         at = max(REFIT_FROM_STEP + 10, per_epoch // 10)
         if step == REFIT_FROM_STEP:
-            self.speed_mark = (step, self.clock.now())
+            self.speed_mark = (step, loop.clock.now())
         if step != at or self.speed_mark is None or plan is None or at >= per_epoch:
             return
         self.refitted = True
         first, since = self.speed_mark
-        step_s = (self.clock.now() - since) / (step - first)
-        used = self.setup_s + self.elapsed()
-        cap = max_epochs(len(self.splits.train))
+        step_s = (loop.clock.now() - since) / (step - first)
+        used = loop.setup_s + loop.elapsed()
+        cap = max_epochs(len(loop.splits.train))
         full = batches_per_epoch(batches.loader)
         epochs, limit = refit_schedule(plan, step_s, full, step, used, cap)
         if (epochs, limit) == (cfg.epochs, cfg.steps_per_epoch):
             return
         speed = cfg.batch_size / step_s
         length = f" of {limit} batches" if limit else ""
-        self.log(
+        loop.log(
             f"refitted to the budget: training runs at {speed:,.0f} img/s, not the probe's "
             f"estimate, so {epochs} epoch(s){length} instead of {cfg.epochs}"
             + (f" of {cfg.steps_per_epoch}" if cfg.steps_per_epoch else "")
         )
         cfg.epochs = run.epochs = epochs
         cfg.steps_per_epoch = limit
-        batches.limit = self.epoch_limit(0)
-        self.reschedule(run, batches.loader)
+        batches.limit = loop.epoch_limit(0)
+        loop.reschedule(run, batches.loader)
         plan.epochs, plan.steps_per_epoch = epochs, limit
         plan.reasons.append(
             f"refitted after {step} steps of the first epoch: {speed:,.0f} img/s training"
         )
-        self.record_length(plan)
+        self.record_length(loop, plan)
 
-    def record_length(self, plan: Any = None) -> None:
+    def record_length(self, loop: Any, plan: Any = None) -> None:
         """config.yaml (and plan.json) hold the run's changed length: a resume trains the same."""
         for key in ("epochs", "steps_per_epoch", "last_epoch_steps"):
-            self.spec.config[key] = getattr(self.cfg, key)
-        TrainConfig.from_dict(self.spec.config).save_yaml(self.run_dir / "config.yaml")
+            loop.spec.config[key] = getattr(loop.cfg, key)
+        TrainConfig.from_dict(loop.spec.config).save_yaml(loop.run_dir / "config.yaml")
         if plan is not None:
-            save_plan(self.run_dir, plan, self.cfg)
+            save_plan(loop.run_dir, plan, loop.cfg)
 
-    def fit_to_budget(self, run: PhaseRun, stats: loop.EpochStats, loader: Any) -> bool:
+    def fit_to_budget(
+        self, loop: Any, run: PhaseRun, stats: epoch_loop.EpochStats, loader: Any
+    ) -> bool:
         """--budget: refit what is left of the run to the speed of the epoch just finished.
 
         Stopping at an epoch's end would cut the schedule before it anneals, the costliest way
@@ -87,17 +127,17 @@ class BudgetKeeping:
         epochs) gets more steps: a 30m run whose first steps were slow ended at 87% of its
         budget. True when what is left now fits.
         """
-        cfg = self.cfg
+        cfg = loop.cfg
         if run.size_of or run.first != 0 or run.epochs != cfg.epochs:
             return False  # progressive sizes or several phases: the stop rule alone
-        done = self.position.epoch
-        step_s = stats.seconds / max(1, self.epoch_steps(loader, done - 1))
-        other_s = max(0.0, self.clock.now() - self.epoch_started - stats.seconds) + 1.0
-        left = self.budget_s * SAFETY - FIXED_OVERHEAD_S - (self.setup_s + self.elapsed())
+        done = loop.position.epoch
+        step_s = stats.seconds / max(1, loop.epoch_steps(loader, done - 1))
+        other_s = max(0.0, loop.clock.now() - loop.epoch_started - stats.seconds) + 1.0
+        left = self.budget_s * SAFETY - FIXED_OVERHEAD_S - (loop.setup_s + loop.elapsed())
         planned_left = cfg.epochs - done
-        last_planned = self.epoch_steps(loader, cfg.epochs - 1)
-        full = self.epoch_steps(loader)
-        most = max_epochs(len(self.splits.train)) - done if self.plan else planned_left
+        last_planned = loop.epoch_steps(loader, cfg.epochs - 1)
+        full = loop.epoch_steps(loader)
+        most = max_epochs(len(loop.splits.train)) - done if self.plan else planned_left
         fit = fit_remaining(left, step_s, other_s, planned_left, full, last_planned, most)
         if fit is None or fit[0] == 0:
             return fit is None  # it still fits; or not even a share of an epoch does: stop
@@ -107,16 +147,16 @@ class BudgetKeeping:
             return True  # the user's epochs are a plan of their own: only ever shortened
         cfg.epochs = run.epochs = done + epochs_left
         cfg.last_epoch_steps = last if last < full else None
-        self.reschedule(run, loader)
+        loop.reschedule(run, loader)
         note = (
             f"the budget is {'leaving time' if longer else 'running short'} ({left:.0f}s left "
             f"at {cfg.batch_size / step_s:,.0f} img/s): {epochs_left} more epoch(s), the last "
             f"of {last} batches, and the schedule ends with them"
         )
-        self.log(note)
+        loop.log(note)
         plan = self.plan
         if plan is not None:
             plan.epochs = cfg.epochs
             plan.reasons.append(f"after epoch {done}: {note}")
-        self.record_length(plan)
+        self.record_length(loop, plan)
         return True
