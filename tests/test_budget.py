@@ -221,10 +221,14 @@ def test_a_budget_run_refits_its_epochs_and_records_them(
     assert refit and "instead of 40" in refit[0]
     config = __import__("yaml").safe_load((out / "config.yaml").read_text())
     plan = json.loads((out / "plan.json").read_text())
-    assert config["epochs"] == plan["applied"]["epochs"] == plan["epochs"] < 40
-    assert config["steps_per_epoch"] == plan["applied"]["steps_per_epoch"]
-    assert config["steps_per_epoch"] == plan["steps_per_epoch"]
-    assert len(metric_rows(out)) <= config["epochs"]
+    # config.yaml and the plan hold what was planned before training; the refit is an event
+    assert config["epochs"] == plan["applied"]["epochs"] == plan["epochs"] == 40
+    refitted = plan["events"][0]
+    assert refitted["epochs"] < 40 and refitted["why"].startswith("refitted after")
+    final = plan["events"][-1]
+    lengths = {k: final[k] for k in ("epochs", "steps_per_epoch", "last_epoch_steps")}
+    assert load_state(out / "state.pt")["budget"]["lengths"] == lengths  # what a resume reads
+    assert len(metric_rows(out)) <= final["epochs"]
 
 
 def test_the_rest_of_a_budget_run_is_refitted_both_ways_at_each_epoch():
@@ -269,7 +273,8 @@ def test_a_budget_run_that_slows_down_still_anneals_by_its_end(
     tlearn.train(str(data), out=str(out), strategy="finetune", epochs=8, budget="25s", **options)
     short = [line for line in lines if "the budget is running short" in line]
     assert short, lines
-    config = __import__("yaml").safe_load((out / "config.yaml").read_text())
+    assert __import__("yaml").safe_load((out / "config.yaml").read_text())["epochs"] == 8
+    config = json.loads((out / "plan.json").read_text())["events"][-1]  # the length it ran to
     assert config["epochs"] < 8 or config["last_epoch_steps"] is not None
     rows = metric_rows(out)
     assert len(rows) == config["epochs"], "\n".join(lines)  # ran to the shortened end
@@ -336,3 +341,19 @@ def test_the_probe_times_training_on_stored_frozen_stage_outputs():
     assert model.backbones[0].after_prefix is None  # the run's model computes from images
     (t,) = measure_throughput(model, [32], cpu, plain, plain, 2, frozen)
     assert t.stored_train_ips is None
+
+
+def test_a_resumed_budget_run_trains_to_the_length_its_refits_left():
+    from tlearn.training.budget.keeper import BudgetKeeper, resumed_length
+
+    cfg = TrainConfig(data="x", epochs=8)
+    lengths = {"epochs": 3, "steps_per_epoch": None, "last_epoch_steps": 4}
+    resumed_length(cfg, {"budget": {"refitted": True, "lengths": lengths}})
+    assert (cfg.epochs, cfg.steps_per_epoch, cfg.last_epoch_steps) == (3, None, 4)
+    resumed_length(cfg, {"budget": None})  # a run without --budget: nothing to apply
+    assert cfg.epochs == 3
+    keeper = BudgetKeeper(None)
+    assert keeper.state_dict() is None  # no budget, nothing in state.pt
+    keeper = BudgetKeeper(60.0)
+    keeper.load_state_dict({"refitted": True, "lengths": lengths})
+    assert keeper.state_dict() == {"refitted": True, "lengths": lengths}

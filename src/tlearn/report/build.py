@@ -107,7 +107,8 @@ def run_section(run: Path, model: Any) -> str:
     plan_path = run / "plan.json"
     if plan_path.is_file():
         plan = json.loads(plan_path.read_text())
-        reasons = "".join(f"<li>{escape(str(r))}</li>" for r in plan.get("reasons", []))
+        why = plan.get("reasons", []) + [e.get("why") for e in plan.get("events", [])]
+        reasons = "".join(f"<li>{escape(str(r))}</li>" for r in why)
         chosen = plan.get("applied", {})
         parts.append("<h3>Plan: what was chosen and why</h3>"
                      + html.key_values(sorted(chosen.items())) + f"<ul>{reasons}</ul>")  # fmt: skip

@@ -29,6 +29,7 @@ from tlearn.training.budget import (
     save_plan,
     time_before_fit,
 )
+from tlearn.training.budget.keeper import resumed_length
 from tlearn.training.build import build_classifier, feature_taps
 from tlearn.training.calibrate import calibrate_run
 from tlearn.training.distributed_run import job_folder, join_job, leave_job, log_job
@@ -87,7 +88,11 @@ def plan_strategy(
     """
     if cfg.strategy != "auto" or cfg.budget is None:
         return resolve_strategy(cfg, len(splits.train), log, device.type), None
-    plan = plan_run(cfg.with_defaults(), splits, device, precision, started, log, run_clock())
+    # several processes: rank 0 probes the machine and plans; every rank trains that plan
+    planned = cfg.with_defaults()
+    plan = distributed.on_main(
+        lambda: plan_run(planned, splits, device, precision, started, log, run_clock())
+    )
     apply_plan(cfg, plan)
     save_plan(run_dir, plan, cfg)
     seed_everything(cfg.seed)  # the probe drew random numbers: start as a planned rerun would
@@ -140,6 +145,7 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
     cfg.fill_defaults()  # what neither the user nor a plan chose
     if solves_head(cfg, strategy):
         cfg.epochs = 1  # one solve, recorded as one epoch
+    resumed_length(cfg, state)  # where a --budget refit left the run's length
     if len(cfg.backbone) > 1 and cfg.weights not in ("auto", "none"):
         raise TlearnError(
             "--weights FILE fits one backbone: give one --backbone, or --weights auto"
@@ -214,9 +220,10 @@ def settle_config(
     resolved = TrainConfig.from_dict(
         {**cfg.to_dict(), "strategy": strategy, "lr": cfg.resolved_lr(), "precision": precision}
     )
-    if state is not None:
+    if state is not None:  # a resume: config.yaml is the run's own, written when it started
         check_state_matches(state, resolved, n_train, run_dir)
-    resolved.save_yaml(run_dir / "config.yaml")
+    else:
+        resolved.save_yaml(run_dir / "config.yaml")
     return resolved
 
 

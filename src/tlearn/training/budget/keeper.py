@@ -9,16 +9,16 @@ from __future__ import annotations
 from typing import Any
 
 from tlearn.config import TrainConfig
+from tlearn.training import distributed, progressive
 from tlearn.training import loop as epoch_loop
-from tlearn.training import progressive
 from tlearn.training.budget import (
     FIXED_OVERHEAD_S,
     SAFETY,
     Plan,
+    append_event,
     fit_remaining,
     max_epochs,
     refit_schedule,
-    save_plan,
 )
 from tlearn.training.hooks import EpochEnd, Hook, Step
 from tlearn.training.order import EpochBatches, batches_per_epoch
@@ -28,17 +28,40 @@ from tlearn.training.phase import PhaseRun
 # better spent finishing a planned schedule (its last, low-rate steps) than cutting it short.
 BUDGET_OVERRUN = 1.05
 REFIT_FROM_STEP = 5  # --budget times the first epoch's steps from here (the first warm caches)
+LENGTH = ("epochs", "steps_per_epoch", "last_epoch_steps")  # what a refit changes
+
+
+def resumed_length(cfg: TrainConfig, state: dict | None) -> None:
+    """A resumed run trains to the length its refits left (config.yaml has the planned one)."""
+    lengths = ((state or {}).get("budget") or {}).get("lengths")
+    for key, value in (lengths or {}).items():
+        setattr(cfg, key, value)
 
 
 class BudgetKeeper(Hook):
     """The loop's hook for `--budget`: refits while the run trains, and the stop before an
-    epoch that would overrun. `plan` is the planner's while its epochs may still change."""
+    epoch that would overrun. `plan` is the planner's while its epochs may still change.
+
+    A refit is an event in plan.json and a change of the keeper's `lengths`, its resume state;
+    config.yaml keeps the length planned before training.
+    """
+
+    key = "budget"
 
     def __init__(self, budget_s: float | None, plan: Plan | None = None) -> None:
         self.budget_s = budget_s
         self.plan = plan
         self.refitted = False  # to the first epoch's steps (`refit_to_speed`), once
         self.speed_mark: tuple[int, float] | None = None
+        self.lengths: dict[str, int | None] | None = None  # after the latest refit
+
+    def state_dict(self) -> dict | None:
+        if self.budget_s is None:
+            return None
+        return {"refitted": self.refitted, "lengths": self.lengths}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.refitted, self.lengths = bool(state["refitted"]), state["lengths"]
 
     def after_step(self, loop: Any, run: PhaseRun, step: Step) -> None:
         if self.plan is not None and not self.refitted and loop.position.epoch == 0:
@@ -49,7 +72,7 @@ class BudgetKeeper(Hook):
             return None
         if self.fit_to_budget(loop, run, end.stats, end.loader):
             return None
-        return self.overrun(loop, run, end.row)
+        return distributed.from_main(self.overrun(loop, run, end.row))  # rank 0's clock
 
     def overrun(self, loop: Any, run: PhaseRun, row: dict) -> str | None:
         """A budget the next epoch would overrun, by the last epoch's length."""
@@ -72,7 +95,7 @@ class BudgetKeeper(Hook):
         """--budget: time steps 5 to ~10% of the first epoch, then refit the schedule to them.
 
         The epochs and their length in steps change while the schedule is still warming up;
-        config.yaml and plan.json record them, so a resume or a rerun trains the same.
+        plan.json records the change and state.pt the new length, so a resume trains the same.
         """
         plan, cfg = self.plan, loop.cfg
         per_epoch = loop.epoch_steps(batches.loader)
@@ -87,7 +110,8 @@ class BudgetKeeper(Hook):
         used = loop.setup_s + loop.elapsed()
         cap = max_epochs(len(loop.splits.train))
         full = batches_per_epoch(batches.loader)
-        epochs, limit = refit_schedule(plan, step_s, full, step, used, cap)
+        # several processes: rank 0's clock decides, so every rank trains the same steps
+        epochs, limit = distributed.from_main(refit_schedule(plan, step_s, full, step, used, cap))
         if (epochs, limit) == (cfg.epochs, cfg.steps_per_epoch):
             return
         speed = cfg.batch_size / step_s
@@ -102,18 +126,16 @@ class BudgetKeeper(Hook):
         batches.limit = loop.epoch_limit(0)
         loop.reschedule(run, batches.loader)
         plan.epochs, plan.steps_per_epoch = epochs, limit
-        plan.reasons.append(
-            f"refitted after {step} steps of the first epoch: {speed:,.0f} img/s training"
-        )
-        self.record_length(loop, plan)
+        why = f"refitted after {step} steps of the first epoch: {speed:,.0f} img/s training"
+        self.record_length(loop, why)
 
-    def record_length(self, loop: Any, plan: Any = None) -> None:
-        """config.yaml (and plan.json) hold the run's changed length: a resume trains the same."""
-        for key in ("epochs", "steps_per_epoch", "last_epoch_steps"):
-            loop.spec.config[key] = getattr(loop.cfg, key)
-        TrainConfig.from_dict(loop.spec.config).save_yaml(loop.run_dir / "config.yaml")
-        if plan is not None:
-            save_plan(loop.run_dir, plan, loop.cfg)
+    def record_length(self, loop: Any, why: str) -> None:
+        """The run's changed length: in the model files' config, state.pt and plan.json."""
+        self.lengths = {key: getattr(loop.cfg, key) for key in LENGTH}
+        loop.spec.config.update(self.lengths)
+        pos = loop.position
+        event = {"epoch": pos.epoch + 1, "step": pos.step, **self.lengths, "why": why}
+        loop.try_save("plan.json", lambda: append_event(loop.run_dir, event))
 
     def fit_to_budget(
         self, loop: Any, run: PhaseRun, stats: epoch_loop.EpochStats, loader: Any
@@ -139,6 +161,7 @@ class BudgetKeeper(Hook):
         full = loop.epoch_steps(loader)
         most = max_epochs(len(loop.splits.train)) - done if self.plan else planned_left
         fit = fit_remaining(left, step_s, other_s, planned_left, full, last_planned, most)
+        fit = distributed.from_main(fit)  # several processes: rank 0's clock decides for all
         if fit is None or fit[0] == 0:
             return fit is None  # it still fits; or not even a share of an epoch does: stop
         epochs_left, last = fit
@@ -154,9 +177,7 @@ class BudgetKeeper(Hook):
             f"of {last} batches, and the schedule ends with them"
         )
         loop.log(note)
-        plan = self.plan
-        if plan is not None:
-            plan.epochs = cfg.epochs
-            plan.reasons.append(f"after epoch {done}: {note}")
-        self.record_length(loop, plan)
+        if self.plan is not None:
+            self.plan.epochs = cfg.epochs
+        self.record_length(loop, f"after epoch {done}: {note}")
         return True

@@ -453,3 +453,15 @@ def save_plan(run_dir: Path, plan: Plan, cfg: TrainConfig) -> None:
         )
     }}  # fmt: skip
     atomic_write_text(Path(run_dir) / "plan.json", json.dumps(record, indent=1) + "\n")
+
+
+def append_event(run_dir: Path, event: dict[str, Any]) -> None:
+    """A change of plan while the run trains (a refit), appended to plan.json's `events`.
+
+    plan.json and config.yaml are written once, before training; what changes later is an
+    event here and the budget keeper's resume state, so neither file is rewritten mid-run.
+    """
+    path = Path(run_dir) / "plan.json"
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    record.setdefault("events", []).append(event)
+    atomic_write_text(path, json.dumps(record, indent=1) + "\n")
