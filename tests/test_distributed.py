@@ -21,6 +21,7 @@ import torch
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
 import tlearn
+from fast import BASE
 from runs import InterruptingLoss, metric_rows
 from tlearn.data.decoded import DecodedImages, DecodedLoader
 from tlearn.data.sampling import rank_order
@@ -39,7 +40,7 @@ from tlearn.training.state import load_state
 
 BIN = Path(sys.executable).parent
 # a tiny network on tiny images; 48 training images: whole global batches of 2 x 4 or 1 x 8
-TINY = dict(backbone="test_resnet", weights="none", image_size=32, workers=0, seed=1)
+TINY = dict(BASE, backbone="test_resnet", seed=1)
 JOB = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()] + ["--no-cache"]
 EPOCH_LINE = re.compile(r"(epoch \d+/\d+  train_loss \S+  val_loss \S+  val_acc \S+)")
 
@@ -135,13 +136,6 @@ def test_world_from_torchrun_environment_and_rules(monkeypatch):
         distributed.world()
 
 
-def test_budget_is_refused_with_several_processes(monkeypatch, make_image_folder, tmp_path):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "0")
-    with pytest.raises(TlearnError, match="--budget plans the time of one process"):
-        tlearn.train(str(make_image_folder()), budget="1m", out=str(tmp_path / "r"), log=print)
-
-
 def test_a_failed_job_is_one_sentence_naming_the_rank():
     def failed(**codes: int) -> ChildFailedError:
         failures = {
@@ -223,6 +217,8 @@ def test_two_ranks_agree_and_match_one_process(options, make_image_folder, tmp_p
     assert len(rank0) == int(options[options.index("--epochs") + 1]) and rank0 == rank1
     assert output.count("done: best model") == 1  # rank 0 alone speaks
     assert "2 processes x batch 4 = global batch 8" in output
+    if "linear-probe" in options:  # frozen features: each rank computed half, gathered once
+        assert re.search(r"features/train: \d+ computed in 2 shards, one per process", output)
     image = next((data / "val" / "b").iterdir())
     assert tlearn.load(tmp_path / "job").predict([str(image)])[0].labels  # an ordinary model
 
@@ -235,6 +231,34 @@ def test_two_ranks_agree_and_match_one_process(options, make_image_folder, tmp_p
     job, one = metric_rows(tmp_path / "job")[-1], metric_rows(alone)[-1]
     assert abs(float(job["val_accuracy"]) - float(one["val_accuracy"])) <= 0.01
     assert abs(float(job["val_loss"]) - float(one["val_loss"])) <= 0.1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "options",
+    [[], ["--strategy", "finetune", "--epochs", "300"]],  # planned; the user's, kept to time
+    ids=["planned", "kept"],
+)
+def test_a_budget_counts_the_whole_job_and_every_rank_follows_rank_0(
+    options, make_image_folder, tmp_path
+):
+    """--budget under torchrun: rank 0 probes and plans, its clock refits and stops the run,
+    and both ranks train the same epochs (a rank deciding alone would hang the other)."""
+    data = make_image_folder(classes=("a", "b", "c"), n=16, layout="split")
+    started = time.monotonic()
+    job = ["--batch-size", "4", "--budget", "20s", "--out", "job", *options]
+    done = torchrun(tmp_path, data, *job)
+    wall = time.monotonic() - started
+    output = done.stdout + done.stderr
+    assert folders(tmp_path) == ["images", "job"]
+    rank0, rank1 = epoch_lines(output, 0), epoch_lines(output, 1)
+    assert rank0 and rank0 == rank1
+    if options:  # 300 epochs do not fit: rank 0's clock shortened or stopped the run
+        assert len(rank0) < 300
+        assert "the budget is running short" in output or "past the 20s budget" in output
+    else:
+        assert output.count("plan for --budget 20s") == 1  # rank 0 alone probed and planned
+    assert wall < 20 * 1.05 + 45  # the budget, and torchrun's start and end around it
 
 
 def rank_pid(launcher: int, rank: int) -> int | None:
@@ -345,6 +369,9 @@ def _collectives(rank: int, port: int, folder: str) -> None:
         distributed.check_in_sync(torch.nn.Linear(3, 2))
     except RuntimeError as e:
         out["sync"] = "differ" in str(e)
+    rows = torch.arange(3 - rank, dtype=torch.bfloat16)[:, None] + 10 * rank  # 3 and 2 rows
+    gathered, none = distributed.gather_rows(rows, None)
+    out["gathered"] = [gathered.dtype == torch.bfloat16, gathered.flatten().tolist(), none]
     wrapped = distributed.wrap(torch.nn.Linear(3, 2), torch.device("cpu"))
     out["ddp"] = type(wrapped).__name__
     distributed.close()
@@ -359,3 +386,4 @@ def test_collectives_of_two_gloo_ranks(tmp_path):
         assert r["rank0"] == "made by 0" and r["sum"] == [3.0, 10.0] and r["max"] == 1.0
         assert r["error"] == "bad option"  # rank 1 raises it too, instead of waiting
         assert r["sync"] is True and r["ddp"] == "DistributedDataParallel"
+        assert r["gathered"] == [True, [0.0, 1.0, 2.0, 10.0, 11.0], None]  # rank order, trimmed

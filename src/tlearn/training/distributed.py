@@ -181,6 +181,42 @@ def min_all(value: float) -> float:
     return float(t.item())
 
 
+def gather_rows(*tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
+    """Each tensor's rows from every rank, joined in rank order, on every rank; None stays None.
+
+    A rank's tensors share one row count, which may differ between ranks (the images each
+    could decode): the rows travel padded to the largest count and come back trimmed.
+    """
+    if not active():
+        return list(tensors)
+    count = next(len(t) for t in tensors if t is not None)
+    on = _collective_device()
+    counts = [torch.zeros(1, dtype=torch.long, device=on) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, torch.tensor([count], device=on))
+    sizes = [int(c.item()) for c in counts]
+    joined: list[torch.Tensor | None] = []
+    for t in tensors:
+        if t is None:
+            joined.append(None)
+            continue
+        # gloo has no 16-bit types: they travel as float32, which holds them exactly
+        sent = t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+        padded = sent.new_zeros((max(sizes), *sent.shape[1:]), device=on)
+        padded[:count] = sent
+        pieces = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(pieces, padded)
+        rows = torch.cat([p[:n].cpu() for p, n in zip(pieces, sizes, strict=True)])
+        joined.append(rows.to(t.dtype))
+    return joined
+
+
+def _collective_device() -> torch.device:
+    """Where collectives' tensors live: the rank's GPU for NCCL, the CPU for gloo."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", world().local_rank)
+    return torch.device("cpu")
+
+
 def check_in_sync(module: nn.Module) -> None:
     """After training, every rank must hold the same weights: DDP guarantees it, this checks.
 

@@ -2,7 +2,7 @@
 
 Every rank runs the whole recipe (`trainer.fit`) on the same options and data; these pieces make
 them agree where a process on its own would decide by itself, and keep the run folder rank 0's:
-- options a rank cannot plan alone are refused (`--budget` measures one process's speed);
+- `--budget` is planned and kept by rank 0 (its probe, its clock), and every rank follows;
 - the memory limit is the smallest any rank can afford, so every rank takes the same data path;
 - rank 0 makes the run folder and names it to the others; they write their copies of the
   bookkeeping into a scratch folder of their own, deleted at the end, so exactly one run folder
@@ -32,11 +32,6 @@ _SCRATCH: dict[int, Path] = {}  # id(cfg) -> a rank's scratch folder
 
 def join_job(cfg: TrainConfig, log: Log) -> Log:
     """Join the job's process group; returns the log this rank writes to."""
-    if cfg.budget is not None:
-        raise TlearnError(
-            "--budget plans the time of one process: drop --budget when training with several "
-            "processes (give --epochs instead)"
-        )
     device = pick_device(cfg.device)
     if cfg.sync_bn and device.type != "cuda":
         raise TlearnError("--sync-bn needs GPUs (PyTorch's SyncBatchNorm): drop it on CPUs")

@@ -29,6 +29,7 @@ from tlearn.data.sampling import draw_order, rank_batches, rank_order
 from tlearn.errors import TlearnError
 from tlearn.preprocessing import Preprocessing
 from tlearn.progress import bar as progress_bar
+from tlearn.training import distributed
 from tlearn.training.prefix_cache import flips
 from tlearn.training.runtime import (
     compile_module,
@@ -143,7 +144,7 @@ def _backbone_features(backbone, source, pre, cfg, device, precision, descriptio
     """
     if not cfg.cache:
         return compute_features(
-            backbone, source, pre, cfg, device, precision, description, flip=flip
+            backbone, source, pre, cfg, device, precision, description, flip=flip, log=log
         )
     parent = getattr(source, "source", None)
     if isinstance(source, SubsetSource) and parent is not None:
@@ -166,6 +167,8 @@ def _cached_or_computed(
 ) -> FeatureSet | None:
     key = feature_key(backbone, source, pre, precision, flip)
     hit = load_cached(cache_root(cfg), key)
+    if distributed.min_all(float(hit is not None)) < 1.0:  # a rank missed: all compute, sharded
+        hit = None
     if hit is not None:
         if log and compute:
             log(f"{description}: {len(hit)} cached features reused ({key[:12]})")
@@ -180,12 +183,15 @@ def _cached_or_computed(
             f"{len(source) / known:.0f}s at the {known:.0f} images/s measured here before"
         )
     started = time.perf_counter()
-    result = compute_features(backbone, source, pre, cfg, device, precision, description, flip=flip)
+    result = compute_features(
+        backbone, source, pre, cfg, device, precision, description, flip=flip, log=log
+    )
     seconds = time.perf_counter() - started
     if seconds > 0 and len(result) >= 64:  # a handful of images measures start-up, not speed
         remember_measurement(tlearn_cache_dir() / SPEED_MEMORY, speed, len(result) / seconds)
     try:
-        store_cached(cache_root(cfg), key, result)
+        if distributed.world().local_rank == 0:  # one writer a machine
+            store_cached(cache_root(cfg), key, result)
     except OSError as e:  # a full or read-only cache costs speed next time, nothing else
         if log:
             log(f"feature cache not written ({e.strerror}); the run goes on without it")
@@ -215,11 +221,48 @@ def compute_features(
     flip: bool = False,
     flatten: bool = True,
     keep: torch.dtype = torch.float32,
+    log: Callable[[str], None] | None = None,
 ) -> FeatureSet:
     """`backbone`'s outputs for every decodable image of `source`, stored as `keep`.
 
-    Without `flatten` the outputs keep their shape (a network's inner activations).
+    Without `flatten` the outputs keep their shape (a network's inner activations). In a job of
+    several processes each rank computes every N-th image and the shards are gathered once,
+    so every rank holds the whole set, in the source's order, as one process would.
     """
+    w = distributed.world()
+    if not distributed.active() or len(source) < 2 * w.size:
+        rows = _extract(backbone, source, pre, cfg, device, precision, description, flip,
+                        flatten, keep)  # fmt: skip
+        if not rows.count:
+            raise TlearnError(f"no image of {source.name} could be decoded: check the files")
+        return rows.result()
+    positions = np.arange(w.rank, len(source), w.size)
+    shard = SubsetSource(source, positions)
+    rows = _extract(backbone, shard, pre, cfg, device, precision, description, flip, flatten,
+                    keep)  # fmt: skip
+    if distributed.min_all(float(rows.count)) == 0:  # every rank asks, so none waits alone
+        raise TlearnError(
+            f"no image of a process's share of {source.name} ({len(shard)} images) could be "
+            "decoded: check the files, or train with one process"
+        )
+    part = rows.result()
+    where = torch.as_tensor(positions)[part.indices]  # back to positions in `source`
+    feats, flipped, labels, indices = distributed.gather_rows(
+        part.features, part.flipped, part.labels, where
+    )
+    order = torch.argsort(indices)
+    if log:
+        log(f"{description}: {len(order)} computed in {w.size} shards, one per process")
+    return FeatureSet(
+        feats[order], labels[order], flipped[order] if flipped is not None else None,
+        indices[order],
+    )  # fmt: skip
+
+
+def _extract(
+    backbone, source, pre, cfg, device, precision, description, flip, flatten, keep
+) -> _Rows:
+    """The batches of `source` through `backbone`, written into rows as they come."""
     batch = inference_batch_size(device, pre.input_size)
     loader = image_loader(source, pre, train=False, **cfg.loader_options(False, batch_size=batch))
     if flatten:
@@ -238,9 +281,7 @@ def compute_features(
                 out = extractor(x)
                 mirrored = extractor(torch.flip(x, dims=[3])) if flip else None
             rows.add(out, mirrored, batch[1], batch[2])
-    if not rows.count:
-        raise TlearnError(f"no image of {source.name} could be decoded: check the files")
-    return rows.result()
+    return rows
 
 
 class _Rows:
