@@ -9,12 +9,11 @@ import torch
 from safetensors.torch import load_file
 
 import tlearn
+from fast import RESNET18, quiet
 from tlearn.errors import TlearnError
 
 # A small, fast recipe: random-init resnet18 at 32 px learns solid colours in a couple of epochs.
-FAST = dict(
-    backbone="resnet18", weights="none", image_size=32, batch_size=8, workers=0, log=lambda s: None
-)
+FAST = dict(RESNET18, log=quiet)
 
 
 def test_train_evaluate_predict_reload(tmp_path, make_image_folder):

@@ -10,6 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import tlearn
+from fast import RESNET18, quiet
 from tlearn.checkpoint import read_model_file, write_calibration
 from tlearn.models.calibration import (
     calibration_record,
@@ -19,9 +20,7 @@ from tlearn.models.calibration import (
     temperature_off,
 )
 
-FAST = dict(
-    backbone="resnet18", weights="none", image_size=32, batch_size=8, workers=0, log=lambda s: None
-)
+FAST = dict(RESNET18, log=quiet)
 
 
 def sampled(n: int = 4000, classes: int = 10, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

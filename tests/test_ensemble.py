@@ -6,13 +6,12 @@ import pytest
 import torch
 
 import tlearn
+from fast import RESNET18, quiet
 from tlearn.cli import main
 from tlearn.ensemble import EnsembleClassifier, ensemble, fit_weights_to, parse_weights
 from tlearn.errors import TlearnError
 
-FAST = dict(
-    backbone="resnet18", weights="none", image_size=32, batch_size=8, workers=0, log=lambda s: None
-)
+FAST = dict(RESNET18, log=quiet)
 
 
 @pytest.fixture(autouse=True)

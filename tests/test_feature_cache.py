@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 
 import tlearn
+from fast import RESNET18
 
-FAST = dict(backbone="resnet18", weights="none", image_size=32, batch_size=8, workers=0)
+FAST = dict(RESNET18)
 
 
 def _train(data, tmp_path, name, **options):

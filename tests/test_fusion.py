@@ -10,6 +10,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import tlearn
+from fast import RESNET18, quiet
 from tlearn.cli import main
 from tlearn.config import TrainConfig
 from tlearn.errors import TlearnError
@@ -23,10 +24,7 @@ from tlearn.training.strategies import apply_phase, plan_backbone_phases
 # EfficientNet-Lite0: 1280 features, 8 stages), random init at 32 px: fast and offline.
 PAIR = ["resnet18", "tf_efficientnet_lite0"]
 # the backbones' last features: what the hand-built head below and the widths here assume
-FAST = dict(
-    backbone=PAIR, weights="none", image_size=32, batch_size=8, workers=0, log=lambda s: None,
-    features="last",
-)  # fmt: skip
+FAST = dict(RESNET18, backbone=PAIR, log=quiet, features="last")
 
 
 @pytest.fixture(autouse=True)

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 import tlearn
+from fast import RESNET18
 from tlearn.cli import build_parser, main
 from tlearn.config import TrainConfig
 from tlearn.errors import TlearnError
@@ -19,7 +20,7 @@ from tlearn.training.lr_find import (
     valley_index,
 )
 
-FAST = dict(backbone="resnet18", weights="none", image_size=32, batch_size=8, workers=0)
+FAST = dict(RESNET18)
 
 
 def bowl(lr: float) -> float:

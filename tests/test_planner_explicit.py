@@ -86,3 +86,9 @@ def test_budget_run_keeps_explicit_augment_and_schedule(make_image_folder, tmp_p
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["augment"] == "none" and config["schedule"] == "cosine"
     assert config["strategy"] == plan["strategy"] != "auto"
+    run_plan = plan["run"]  # the whole run's choices, each with its reason
+    assert run_plan["augment"] == "none" and run_plan["why"]["augment"] == "given (--augment)"
+    assert run_plan["schedule"] == "cosine" and run_plan["why"]["schedule"] == "given (--schedule)"
+    assert (
+        run_plan["strategy"] == plan["strategy"] and "--budget plan" in run_plan["why"]["strategy"]
+    )

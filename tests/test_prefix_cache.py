@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import tlearn
+from fast import BASE
 from tlearn.config import TrainConfig
 from tlearn.models import create_backbone
 from tlearn.models.prefix import frozen_prefix
@@ -14,7 +15,7 @@ from tlearn.training.build import build_classifier
 from tlearn.training.prefix_cache import PrefixExtractor
 from tlearn.training.strategies import freeze_batchnorm_of_frozen
 
-FAST = dict(weights="none", image_size=32, batch_size=4, workers=0, epochs=1)
+FAST = dict(BASE, batch_size=4, epochs=1)
 
 
 def prefix_names(body: nn.Module, n_frozen: int, stages, size: int) -> list[str] | None:

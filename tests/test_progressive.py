@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import fast
 import tlearn
 from runs import InterruptingLoss, assert_same_run
 from tlearn.data.decoded import DecodedImages, DecodedLoader
@@ -12,10 +13,7 @@ from tlearn.data.sources import ArraySource
 from tlearn.training import progressive
 from tlearn.training.interrupt import Interrupted
 
-TINY = dict(
-    backbone="test_resnet", weights="none", image_size=32, workers=0, batch_size=4,
-    val_split=0.25, log=lambda line: None, cache=False, strategy="finetune",
-)  # fmt: skip
+TINY = dict(fast.TINY, strategy="finetune")
 
 
 def test_sizes_rise_linearly_in_steps_of_8_and_end_at_full_size():

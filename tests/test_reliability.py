@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import tlearn
+from fast import BASE, quiet
 from tlearn.checkpoint import read_model_file
 from tlearn.cli import main
 from tlearn.config import TrainConfig
@@ -41,9 +42,8 @@ from runs import assert_same_run, metric_rows  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 TINY = dict(
-    backbone="test_resnet", weights="none", image_size=32, workers=0, batch_size=4,
-    val_split=0.25, deterministic=True, log=lambda line: None,
-)  # fmt: skip
+    BASE, backbone="test_resnet", batch_size=4, val_split=0.25, deterministic=True, log=quiet
+)
 
 
 # -- helpers ---------------------------------------------------------------------------------------

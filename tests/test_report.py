@@ -12,14 +12,13 @@ import pytest
 import torch
 
 import tlearn
+from fast import RESNET18, quiet
 from tlearn.cli import main
 from tlearn.errors import TlearnError
 from tlearn.report import figures
 from tlearn.report.gradcam import grad_cam, target_layer
 
-FAST = dict(
-    backbone="resnet18", weights="none", image_size=32, batch_size=8, workers=0, log=lambda s: None
-)
+FAST = dict(RESNET18, log=quiet)
 CLASSES = ("cat", "dog", "owl")
 FIGURES = ("training.png", "lr.png", "confusion.png", "confusion_normalized.png", "reliability.png")
 

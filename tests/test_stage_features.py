@@ -10,12 +10,13 @@ import torch
 import yaml
 
 import tlearn
+from fast import BASE
 from tlearn.errors import TlearnError
 from tlearn.models import create_backbone
 from tlearn.models.normalize import NormalizedBackbone
 from tlearn.models.stages import stage_taps
 
-FAST = dict(weights="none", image_size=32, batch_size=4, workers=0, epochs=1)
+FAST = dict(BASE, batch_size=4, epochs=1)
 
 
 def test_taps_are_the_libraries_own_stage_modules():

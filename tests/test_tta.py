@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import tlearn
+from fast import RESNET18, quiet
 from tlearn.cli import main
 from tlearn.deploy.tta import (
     TTAClassifier,
@@ -20,9 +21,7 @@ from tlearn.deploy.tta import (
 )
 from tlearn.preprocessing import Preprocessing
 
-FAST = dict(
-    backbone="resnet18", weights="none", image_size=32, batch_size=8, workers=0, log=lambda s: None
-)
+FAST = dict(RESNET18, log=quiet)
 
 
 class MeanColour(nn.Module):

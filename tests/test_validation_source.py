@@ -5,11 +5,9 @@ from __future__ import annotations
 import shutil
 
 import tlearn
+from fast import BASE
 
-TINY = dict(
-    backbone="test_resnet", weights="none", image_size=32, workers=0, batch_size=4, epochs=1,
-    cache=False,
-)  # fmt: skip
+TINY = dict(BASE, backbone="test_resnet", batch_size=4, epochs=1, cache=False)
 
 
 def test_train_test_folder_validates_on_a_split_of_train(make_image_folder, tmp_path):
