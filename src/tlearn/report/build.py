@@ -107,9 +107,11 @@ def run_section(run: Path, model: Any) -> str:
     plan_path = run / "plan.json"
     if plan_path.is_file():
         plan = json.loads(plan_path.read_text())
-        why = plan.get("reasons", []) + [e.get("why") for e in plan.get("events", [])]
+        run = plan.get("run", {})
+        why = [f"{k}: {v}" for k, v in run.get("why", {}).items()] + plan.get("reasons", [])
+        why += [e.get("why") for e in plan.get("events", [])]
         reasons = "".join(f"<li>{escape(str(r))}</li>" for r in why)
-        chosen = plan.get("applied", {})
+        chosen = plan.get("applied") or {k: v for k, v in run.items() if k not in ("why", "phases")}
         parts.append("<h3>Plan: what was chosen and why</h3>"
                      + html.key_values(sorted(chosen.items())) + f"<ul>{reasons}</ul>")  # fmt: skip
     parts.append("<h3>Configuration (config.yaml)</h3>")

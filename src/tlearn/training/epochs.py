@@ -26,14 +26,14 @@ from tlearn.training.budget.clock import Clock
 from tlearn.training.budget.keeper import BudgetKeeper
 from tlearn.training.checkpointing import Checkpoints
 from tlearn.training.ema import AveragedWeights
+from tlearn.training.feeds import Feed
 from tlearn.training.hooks import EpochEnd, Hook, Step, first_reason, hook_states, load_hook_states
-from tlearn.training.inputs import InputPaths
 from tlearn.training.interrupt import Interrupted, StopRequests
 from tlearn.training.ledger import SkippedFiles
 from tlearn.training.nan_guard import NanGuard, check_finite
 from tlearn.training.order import EpochBatches, batches_per_epoch
 from tlearn.training.phase import PhaseRun
-from tlearn.training.schedule import lr_factor
+from tlearn.training.schedule import build_scheduler, lr_factor
 from tlearn.training.state import (
     STATE_NAME,
     Position,
@@ -44,13 +44,17 @@ from tlearn.training.state import (
 from tlearn.training.steplog import StepLog
 from tlearn.training.stopping import EarlyStopping, not_clearly_worse
 from tlearn.training.strategies import (
+    GRADUAL_DEFAULT_DECAY,
+    Phase,
+    apply_phase,
     build_optimizer,
+    trainable_parameter_count,
 )
 
 Log = Callable[[str], None]
 
 
-class Epochs(InputPaths):
+class Epochs:
     """The epoch loop shared by the three input paths; its other concerns are `self.hooks`.
 
     Where the run is lives in `self.position` (phase, finished epochs, step in the open epoch);
@@ -157,6 +161,42 @@ class Epochs(InputPaths):
         run.scheduler.lr_lambdas = [
             lambda s: lr_factor(s, steps, warmup, cfg.schedule) for _ in run.optimizer.param_groups
         ]
+
+    def train_feed(
+        self, feed: Feed, phases: list[Phase], stages: list[list[list[nn.Parameter]]]
+    ) -> None:
+        """Each phase of the strategy, with its own optimizer and schedule, from the position."""
+        cfg = self.cfg
+        decay = cfg.lr_decay
+        if cfg.strategy_kind in ("gradual", "auto") and decay >= 1.0:
+            decay = GRADUAL_DEFAULT_DECAY
+        per_epoch = self.epoch_steps(feed.loader)
+        first = 0
+        with feed.held():
+            for index, phase in enumerate(phases):
+                if self.position.epoch < first + phase.epochs and not self.position.finished:
+                    groups = apply_phase(
+                        self.model.top(), stages, phase, cfg.resolved_lr(), decay, cfg.weight_decay
+                    )
+                    optimizer = self.optimizer(groups)
+                    steps = self.phase_steps(feed.loader, first, phase.epochs)
+                    warmup = int(min(cfg.warmup, phase.epochs) * per_epoch)
+                    scheduler = build_scheduler(optimizer, steps, warmup, cfg.schedule)
+                    if stages:
+                        self.log_phase(phase)
+                    run = PhaseRun(
+                        index, first, phase.epochs, feed.module, optimizer, scheduler,
+                        feed.set_mode, size_of=feed.size_of, full_size=feed.full_size,
+                    )  # fmt: skip
+                    self.train_phase(run, feed.loader, feed.evaluate)
+                first += phase.epochs
+        self.apply_pending(feed.module)
+
+    def log_phase(self, phase: Phase) -> None:
+        self.log(
+            f"phase: {phase.epochs} epoch(s), top {phase.trainable_stages} backbone stage(s) "
+            f"training, {trainable_parameter_count(self.model):,} trainable parameters"
+        )
 
     def train_phase(self, run: PhaseRun, loader: Any, evaluate: Callable) -> None:
         """The phase's epochs from where the run stands; a NaN/Inf loss retries an epoch once."""

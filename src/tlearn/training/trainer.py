@@ -34,12 +34,14 @@ from tlearn.training.build import build_classifier, feature_taps
 from tlearn.training.calibrate import calibrate_run
 from tlearn.training.distributed_run import job_folder, join_job, leave_job, log_job
 from tlearn.training.epochs import Epochs
+from tlearn.training.feeds import train_on
 from tlearn.training.interrupt import StopRequests
 from tlearn.training.ledger import printable
 from tlearn.training.linear_probe import resolve_head_fit, solve_probe, solves_head
 from tlearn.training.lr_find import find_for_run
 from tlearn.training.prefix_cache import plan_prefix
 from tlearn.training.resolve import load_run_splits, prepare_run_dir, resolve_strategy
+from tlearn.training.run_plan import Resolved, run_plan, write_run_plan
 from tlearn.training.runtime import (
     autocast_factory,
     compile_module,
@@ -128,6 +130,7 @@ def fit(cfg: TrainConfig, log: Log = print, *, resume: bool = False) -> RunResul
 def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunResult:
     clock = run_clock()
     started = clock.now() - time_before_fit()  # where `--budget` counts from
+    asked = TrainConfig.from_dict(cfg.to_dict())  # as given, before anything is resolved
     seed_everything(cfg.seed)
     device = distributed.local_device(pick_device(cfg.device))
     precision = choose_precision(cfg, device)
@@ -146,19 +149,11 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
     if solves_head(cfg, strategy):
         cfg.epochs = 1  # one solve, recorded as one epoch
     resumed_length(cfg, state)  # where a --budget refit left the run's length
-    if len(cfg.backbone) > 1 and cfg.weights not in ("auto", "none"):
-        raise TlearnError(
-            "--weights FILE fits one backbone: give one --backbone, or --weights auto"
-        )
+    refuse_weights_file_for_several(cfg)
     cfg.resolve_step_defaults(strategy)
     if cfg.lr == "auto":  # the LR finder's suggestion becomes the run's rate (and its config's)
-        cfg.lr = find_for_run(cfg, splits, strategy, device, precision, run_dir, log).suggestion
-        cfg.lr = distributed.from_main(cfg.lr)  # every rank trains at rank 0's suggestion
-        seed_everything(cfg.seed)  # train exactly as a run given this rate would
-    backbones = [create_backbone(n, cfg.weights, cfg.image_size) for n in cfg.backbone]
-    taps = feature_taps(cfg, backbones, strategy)
-    model = build_classifier(backbones, len(splits.classes), cfg, taps).to(device)
-    model = model.to(memory_format=torch.channels_last)
+        cfg.lr = suggested_lr(cfg, splits, strategy, device, precision, run_dir, log)
+    backbones, taps, model = build_network(cfg, len(splits.classes), strategy, device)
     stages = [b.stages() for b in backbones]
     phases = plan_backbone_phases(strategy, cfg.epochs, [len(s) for s in stages])
     data_pre = model_input([b.preprocessing for b in backbones])
@@ -189,6 +184,12 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
             cfg, model.backbones, stages, phases, n_images, inference_precision, log
         )
         speed_up(cfg, model, device, precision, log)
+    path = "solved" if probe else "features" if use_features else "images"
+    path = "stored-stages" if prefix is not None else path
+    if state is None:  # what the run will do and why, once, before its first step
+        found = Resolved(strategy, path, phases, precision, inference_precision, bool(plan),
+                         chosen_on(probe, splits))  # fmt: skip
+        write_run_plan(run_dir, run_plan(asked, cfg, found))
     trainer = Epochs(cfg, model, spec, splits, run_dir, device, autocast, log, stop, state, clock)
     trainer.setup_s = clock.now() - started
     trainer.scaler = grad_scaler(device, precision)
@@ -197,15 +198,50 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
     refits = plan is not None and "epochs" not in plan.kept  # the user's epochs: only shortened
     if refits and plan.strategy != "linear-probe" and len(phases) == 1:
         trainer.budget.plan = plan  # refitted to the first steps' real speed, then at each epoch
-    if use_features:
-        trainer.run_on_features(data_pre, precision, probe)
-    elif prefix is not None:
-        trainer.run_on_prefix(prefix, phases, stages, data_pre, inference_precision)
-    else:
-        trainer.run_on_images(phases, stages, data_pre)
+    train_on(trainer, path, phases, stages, data_pre, inference_precision, probe, prefix)
     finish_run(cfg, trainer, model, log)
     distributed.check_in_sync(model)
     return RunResult(model.cpu(), spec, Path(cfg.out))  # rank 0's folder on every rank
+
+
+def refuse_weights_file_for_several(cfg: TrainConfig) -> None:
+    if len(cfg.backbone) > 1 and cfg.weights not in ("auto", "none"):
+        raise TlearnError(
+            "--weights FILE fits one backbone: give one --backbone, or --weights auto"
+        )
+
+
+def chosen_on(probe: object, splits: Splits) -> str | None:
+    """What the solved probe's candidates were compared on (None: no probe was solved)."""
+    if probe is None:
+        return None
+    return "validation" if splits.val is not None else "cross-validation"
+
+
+def suggested_lr(
+    cfg: TrainConfig,
+    splits: Splits,
+    strategy: str,
+    device: torch.device,
+    precision: str,
+    run_dir: Path,
+    log: Log,
+) -> float:
+    """`--lr auto`: the LR finder's suggestion, rank 0's on every rank of a job."""
+    lr = find_for_run(cfg, splits, strategy, device, precision, run_dir, log).suggestion
+    lr = distributed.from_main(lr)
+    seed_everything(cfg.seed)  # train exactly as a run given this rate would
+    return lr
+
+
+def build_network(
+    cfg: TrainConfig, n_classes: int, strategy: str, device: torch.device
+) -> tuple[list, list[list[str]], Classifier]:
+    """The backbones, their feature taps and the classifier on `device`, channels-last."""
+    backbones = [create_backbone(n, cfg.weights, cfg.image_size) for n in cfg.backbone]
+    taps = feature_taps(cfg, backbones, strategy)
+    model = build_classifier(backbones, n_classes, cfg, taps).to(device)
+    return backbones, taps, model.to(memory_format=torch.channels_last)
 
 
 def settle_config(
