@@ -25,6 +25,7 @@ from tlearn.training.balance import class_weights, per_class_recall
 from tlearn.training.budget.clock import Clock
 from tlearn.training.budget.keeper import BudgetKeeper
 from tlearn.training.checkpointing import Checkpoints
+from tlearn.training.duration import RunDuration
 from tlearn.training.ema import AveragedWeights
 from tlearn.training.feeds import Feed
 from tlearn.training.hooks import EpochEnd, Hook, Step, first_reason, hook_states, load_hook_states
@@ -123,6 +124,7 @@ class Epochs:
             EarlyStopping(cfg.patience, cfg.monitor),
             self.budget,
             self.ledger,
+            RunDuration(),
             Checkpoints(),
         ]
         load_hook_states(self.hooks, state)
