@@ -357,3 +357,28 @@ def test_a_resumed_budget_run_trains_to_the_length_its_refits_left():
     keeper = BudgetKeeper(60.0)
     keeper.load_state_dict({"refitted": True, "lengths": lengths})
     assert keeper.state_dict() == {"refitted": True, "lengths": lengths}
+
+
+def test_a_probe_measured_before_on_this_machine_is_not_timed_again(monkeypatch):
+    """Planning costs a budget almost nothing the second time (issue 16: at most 10% of it)."""
+    from tlearn.models import create_backbone
+    from tlearn.training.budget import probe
+    from tlearn.training.build import build_classifier
+    from tlearn.training.runtime import autocast_factory
+
+    model = build_classifier([create_backbone("test_resnet", "none", 32)], 2, TrainConfig(data="x"))
+    plain = autocast_factory(torch.device("cpu"), "fp32")
+    cpu = torch.device("cpu")
+    first = probe.measure_throughput(model, [32, 48], cpu, plain, plain, batch=2, remember_as="t")
+
+    class Timed(Exception):
+        pass
+
+    def no_timing(*args, **kwargs):
+        raise Timed  # the probe lets RuntimeError and AssertionError pass as "cannot take it"
+
+    monkeypatch.setattr(probe, "_training_ips", no_timing)
+    again = probe.measure_throughput(model, [32, 48], cpu, plain, plain, batch=2, remember_as="t")
+    assert again == first
+    with pytest.raises(Timed):  # another batch: a new measurement
+        probe.measure_throughput(model, [32], cpu, plain, plain, batch=4, remember_as="t")

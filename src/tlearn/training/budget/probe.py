@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import copy
 import os
+import platform
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -27,11 +29,19 @@ from tlearn.training.budget.plan import (
 )
 from tlearn.training.build import build_classifier
 from tlearn.training.prefix_cache import PrefixExtractor, may_store
-from tlearn.training.runtime import autocast_factory, inference_module, probe_training_precision
+from tlearn.training.runtime import (
+    autocast_factory,
+    inference_module,
+    probe_training_precision,
+    read_measurements,
+    remember_measurement,
+    tlearn_cache_dir,
+)
 from tlearn.training.step import optimizer_step, training_loss
 from tlearn.training.strategies import freeze_batchnorm_of_frozen
 
 Log = Callable[[str], None]
+THROUGHPUT_MEMORY = "throughput.json"  # a probe's measurements, per network, size, machine
 
 
 def measure_throughput(
@@ -45,6 +55,7 @@ def measure_throughput(
     store_prefix: bool = False,
     precision: str = "fp32",
     enough: Callable[[Throughput], bool] | None = None,
+    remember_as: str | None = None,
 ) -> list[Throughput]:
     """Time two training steps and two inference batches of `model` at each size (a few seconds).
 
@@ -52,8 +63,12 @@ def measure_throughput(
     Parameters named in `frozen` do not train, as in the run the plan is for; with
     `store_prefix`, training on the frozen stages' stored outputs, and computing them in the
     run's inference `precision`, are timed too (where the network allows the split). Sizes go
-    up until `enough` says a size is too slow to be worth a larger one.
+    up until `enough` says a size is too slow to be worth a larger one. With `remember_as`, a
+    size measured on this machine before is not timed again: planning then costs a budget
+    almost nothing (the run's refit still corrects the plan to today's speed).
     """
+    memory = tlearn_cache_dir() / THROUGHPUT_MEMORY
+    known = read_measurements(memory) if remember_as else {}
     trial = copy.deepcopy(model).to(device).to(memory_format=torch.channels_last)
     for name, p in trial.named_parameters():
         p.requires_grad_(name not in frozen)
@@ -61,6 +76,12 @@ def measure_throughput(
     optimizer = torch.optim.AdamW(params, lr=1e-6)
     results = []
     for size in sizes:
+        key = f"{remember_as}@{size}|batch {batch}|frozen {len(frozen)}|stored {store_prefix}"
+        if isinstance(known.get(key), dict):
+            results.append(Throughput(**known[key]))
+            if enough is not None and enough(results[-1]):
+                break
+            continue
         # the backbones resize their input to their own size: probe at `size`, not theirs
         for b in getattr(trial, "backbones", []):
             b.input_size = size
@@ -87,6 +108,8 @@ def measure_throughput(
         except (RuntimeError, AssertionError):  # a network that cannot take this size
             continue
         results.append(Throughput(size, train_ips, infer_ips, *(stored or (None, None))))
+        if remember_as:
+            remember_measurement(memory, key, asdict(results[-1]))
         if enough is not None and enough(results[-1]):
             break
     return results
@@ -206,6 +229,7 @@ def plan_run(
             frozen=frozen,
             store_prefix=could_store_prefix(cfg),
             precision=precision,
+            remember_as=probe_signature(cfg, model, device, train_precision, precision),
             # three epochs do not fit: a larger size could buy one at most, not worth its probe
             enough=lambda t: (
                 3 * len(splits.train) / max(t.train_ips, t.stored_train_ips or 0)
@@ -260,6 +284,15 @@ def log_plan(
         )
     for reason in plan.reasons:
         log(f"  because {reason}")
+
+
+def probe_signature(
+    cfg: TrainConfig, model: torch.nn.Module, device: torch.device, train: str, infer: str
+) -> str:
+    """What a probe's speed depends on: the network, the precisions, the machine, the torch."""
+    weights = sum(p.numel() for p in model.parameters())
+    machine = f"{device}|{platform.processor() or platform.machine()}|{os.cpu_count()}"
+    return f"{'+'.join(cfg.backbone)}:{weights}|{train}/{infer}|{machine}|{torch.__version__}"
 
 
 def could_store_prefix(cfg: TrainConfig) -> bool:
