@@ -10,8 +10,9 @@ dataset: ECE (15 equal-width bins) after scaling at most half of ECE before, or 
 Beside it: ECE on 15 equal-mass bins (fewer near-empty bins, so less binning noise), the
 sampling floor of each, and the temperature fitted on the test split itself (the best a single
 temperature can do there: how much was lost by fitting it on the validation split). Writes
-benchmarks/results/calibration.json and .md, and each dataset's reliability diagram as benchmarks/results/calibration-NAME.png. `--screenshot NAME` also saves
-the top of NAME's report.html, as headless Chromium shows it, to docs/report.png.
+benchmarks/results/calibration.json and .md, and each dataset's reliability diagram as
+benchmarks/results/calibration-NAME.png. `--screenshot NAME` also saves the top of NAME's
+report.html, as headless Chromium shows it, to docs/report.png.
 """
 
 from __future__ import annotations
