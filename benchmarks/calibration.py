@@ -126,12 +126,13 @@ def run_one(name: str, data: str, test: str, options: dict, rescore: dict | None
 
 
 def _head_fit(run: Path) -> dict | None:
-    """What the run solved: features and L2 strength chosen on validation (plan.json)."""
+    """What the run solved: the features and L2 strength chosen on validation (plan.json)."""
     plan = run / "plan.json"
     fit = json.loads(plan.read_text()).get("head_fit") if plan.is_file() else None
     if not isinstance(fit, dict):
         return None
-    return {k: fit[k] for k in ("features", "l2", "strength", "head_fit") if k in fit} or fit
+    chosen = next((c for c in fit.get("candidates", []) if c["features"] == fit["chosen"]), {})
+    return {"method": fit.get("method"), "features": fit.get("chosen"), "l2": chosen.get("l2")}
 
 
 def extra_estimates(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> dict:

@@ -196,7 +196,13 @@ def main() -> int:
         "--reuse", action="store_true", help="keep --work's copies, faults and doctor findings"
     )
     p.add_argument("--note", default="", help="a line for the results (how the run was made)")
+    p.add_argument("--markdown", action="store_true", help="only rewrite doctor.md from .json")
     args = p.parse_args()
+    if args.markdown:
+        records = json.loads((RESULTS / "doctor.json").read_text())
+        text = "\n".join(markdown(r) for r in records.values()) + pooled(records)
+        (RESULTS / "doctor.md").write_text(text)
+        return 0
     work = Path(args.work)
     clean, noisy = Path(args.data), work / "noisy"  # the original is only read, never written
     if not args.reuse:
@@ -259,7 +265,8 @@ def main() -> int:
     record["seed"] = args.seed
     records[key] = record
     path.write_text(json.dumps(records, indent=1))
-    (RESULTS / "doctor.md").write_text("\n".join(markdown(r) for r in records.values()))
+    text = "\n".join(markdown(r) for r in records.values()) + pooled(records)
+    (RESULTS / "doctor.md").write_text(text)
     print(markdown(record))
     return 0
 
@@ -301,6 +308,26 @@ def _noise(r: dict) -> str:
         f"cleaned - noisy {se['cleaned_minus_noisy']:.2%}, so a difference under about two of "
         "them is noise."
     )
+
+
+def pooled(records: dict) -> str:
+    """Each dataset's injection seeds together: test images lost to the faults and won back."""
+    by_data: dict[str, list[dict]] = {}
+    for r in records.values():
+        if "correct" in r:
+            by_data.setdefault(r["data"], []).append(r)
+    lines = []
+    for data, rs in by_data.items():
+        lost = sum(r["correct"]["clean"] - r["correct"]["noisy"] for r in rs)
+        back = sum(r["correct"]["cleaned"] - r["correct"]["noisy"] for r in rs)
+        share = f"{back / lost:.0%}" if lost > 0 else "n/a"
+        se = {k: sum((r["se"][k] * r["test_images"]) ** 2 for r in rs) ** 0.5 for k in rs[0]["se"]}
+        lines.append(
+            f"- {data}, {len(rs)} injection seed(s): the faults cost {lost} test images in all "
+            f"(paired standard error {se['noisy_minus_clean']:.1f}), `--exclude issues.csv` won "
+            f"back {back} (standard error {se['cleaned_minus_noisy']:.1f}): {share} of them."
+        )
+    return "\n# All seeds together\n\n" + "\n".join(lines) + "\n" if lines else ""
 
 
 def markdown(r: dict) -> str:
