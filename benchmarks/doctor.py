@@ -127,6 +127,10 @@ def score(rows: list[dict], truth: dict) -> dict:
     suggested = {r["file"]: r["suggested"] for r in kinds.get("label", [])}
     hits = [suggested[f] == c for f, c in truth["flip"] if f in suggested]
     out["flip_suggestion_correct"] = float(np.mean(hits)) if hits else 0.0
+    dropped = {r["file"] for r in kinds.get("label", []) if r["action"] == "exclude"}
+    out["label_rows_excluded"] = len(dropped)
+    out["label_rows_excluded_train"] = sum("/train/" in f for f in dropped)
+    out["flips_excluded"] = len(dropped & flipped)
     return {k: (float(v) if isinstance(v, np.floating) else v) for k, v in out.items()}
 
 
@@ -156,7 +160,7 @@ def _threshold(t) -> dict:
     }  # fmt: skip
 
 
-def train_and_score(data: Path, out: Path, exclude: Path | None, args) -> float:
+def train_and_score(data: Path, out: Path, exclude: Path | None, args) -> tuple[float, list]:
     options = dict(
         backbone=args.backbone, strategy="linear-probe", image_size=args.image_size,
         out=str(out), log=lambda s: None, seed=0,
@@ -164,7 +168,19 @@ def train_and_score(data: Path, out: Path, exclude: Path | None, args) -> float:
     if exclude is not None:
         options["exclude"] = str(exclude)
     model = tlearn.train(str(data), **options)
-    return model.evaluate(str(data)).accuracy
+    report = model.evaluate(str(data))
+    pred = report.predictions  # test images in one order: the source's, whatever the run
+    order = pred.indices.argsort()
+    correct = (pred.logits.argmax(1) == pred.labels)[order]
+    return report.accuracy, correct.int().tolist()
+
+
+def paired_se(a: list, b: list) -> float:
+    """Standard error of accuracy(b) - accuracy(a) on the same images: sqrt(discordant) / n."""
+    x, y = np.asarray(a), np.asarray(b)
+    discordant = int((x != y).sum())
+    n = len(x)
+    return float(np.sqrt(discordant - (y.sum() - x.sum()) ** 2 / n) / n) if n else 0.0
 
 
 def main() -> int:
@@ -180,7 +196,13 @@ def main() -> int:
         "--reuse", action="store_true", help="keep --work's copies, faults and doctor findings"
     )
     p.add_argument("--note", default="", help="a line for the results (how the run was made)")
+    p.add_argument("--markdown", action="store_true", help="only rewrite doctor.md from .json")
     args = p.parse_args()
+    if args.markdown:
+        records = json.loads((RESULTS / "doctor.json").read_text())
+        text = "\n".join(markdown(r) for r in records.values()) + pooled(records)
+        (RESULTS / "doctor.md").write_text(text)
+        return 0
     work = Path(args.work)
     clean, noisy = Path(args.data), work / "noisy"  # the original is only read, never written
     if not args.reuse:
@@ -217,23 +239,34 @@ def main() -> int:
     }  # fmt: skip
     record["unmodified"] = unmodified(clean, args)
     if not args.no_train:
-        acc = {  # the noisy runs first: their features are the doctor's, from the cache
+        scored = {  # the noisy runs first: their features are the doctor's, from the cache
             "noisy": train_and_score(noisy, work / "run-noisy", None, args),
             "cleaned": train_and_score(
                 noisy, work / "run-cleaned", work / "doctor" / "issues.csv", args
             ),
             "clean": train_and_score(clean, work / "run-clean", None, args),
         }
+        acc = {k: v[0] for k, v in scored.items()}
+        right = {k: v[1] for k, v in scored.items()}
         record["accuracy"] = acc
+        record["test_images"] = len(right["clean"])
+        record["correct"] = {k: int(sum(v)) for k, v in right.items()}
+        record["se"] = {
+            "noisy_minus_clean": paired_se(right["clean"], right["noisy"]),
+            "cleaned_minus_noisy": paired_se(right["noisy"], right["cleaned"]),
+        }
         lost = acc["clean"] - acc["noisy"]
         record["recovered_share"] = (acc["cleaned"] - acc["noisy"]) / lost if lost > 0 else None
     RESULTS.mkdir(exist_ok=True)  # one record per dataset, the others' kept
     path = RESULTS / "doctor.json"
     records = json.loads(path.read_text()) if path.is_file() else {}
     records = records if "data" not in records else {}  # an old single-record file
-    records[Path(args.data).name] = record
+    key = Path(args.data).name + (f" (injection seed {args.seed})" if args.seed else "")
+    record["seed"] = args.seed
+    records[key] = record
     path.write_text(json.dumps(records, indent=1))
-    (RESULTS / "doctor.md").write_text("\n".join(markdown(r) for r in records.values()))
+    text = "\n".join(markdown(r) for r in records.values()) + pooled(records)
+    (RESULTS / "doctor.md").write_text(text)
     print(markdown(record))
     return 0
 
@@ -251,6 +284,50 @@ def _timing(r: dict) -> str:
         f"begin ({t['copies_from']:.3f}) and where the data's distinct nearest pairs end "
         f"({t['distinct_to']:.3f})."
     )
+
+
+ACCURACY_ROWS = (
+    ("clean", "clean data"),
+    ("noisy", "noisy copy"),
+    ("cleaned", "noisy copy, `--exclude issues.csv`"),
+)
+
+
+def _count(r: dict, key: str) -> str:
+    return f" ({r['correct'][key]}/{r['test_images']})" if "correct" in r else ""
+
+
+def _noise(r: dict) -> str:
+    """How far the test set can tell the runs apart: paired standard errors, in images."""
+    if "se" not in r:
+        return ""
+    n, se = r["test_images"], r["se"]
+    return (
+        f" On {n} test images one image is {1 / n:.2%}; paired standard errors (from the images "
+        f"the two runs score differently): noisy - clean {se['noisy_minus_clean']:.2%}, "
+        f"cleaned - noisy {se['cleaned_minus_noisy']:.2%}, so a difference under about two of "
+        "them is noise."
+    )
+
+
+def pooled(records: dict) -> str:
+    """Each dataset's injection seeds together: test images lost to the faults and won back."""
+    by_data: dict[str, list[dict]] = {}
+    for r in records.values():
+        if "correct" in r:
+            by_data.setdefault(r["data"], []).append(r)
+    lines = []
+    for data, rs in by_data.items():
+        lost = sum(r["correct"]["clean"] - r["correct"]["noisy"] for r in rs)
+        back = sum(r["correct"]["cleaned"] - r["correct"]["noisy"] for r in rs)
+        share = f"{back / lost:.0%}" if lost > 0 else "n/a"
+        se = {k: sum((r["se"][k] * r["test_images"]) ** 2 for r in rs) ** 0.5 for k in rs[0]["se"]}
+        lines.append(
+            f"- {data}, {len(rs)} injection seed(s): the faults cost {lost} test images in all "
+            f"(paired standard error {se['noisy_minus_clean']:.1f}), `--exclude issues.csv` won "
+            f"back {back} (standard error {se['cleaned_minus_noisy']:.1f}): {share} of them."
+        )
+    return "\n# All seeds together\n\n" + "\n".join(lines) + "\n" if lines else ""
 
 
 def markdown(r: dict) -> str:
@@ -274,6 +351,14 @@ def markdown(r: dict) -> str:
         f"anywhere in the list: {r['flip_recall_all']:.0%}; suggested label right for "
         f"{r['flip_suggestion_correct']:.0%} of those found. Reported per kind: {r['reported']}.",
     ]
+    if "label_rows_excluded" in r:
+        lines += [
+            "",
+            f"Label rows `--exclude` drops by default (`action` exclude: the probe's posterior "
+            f"that the label is wrong above 1/2): {r['label_rows_excluded']} "
+            f"({r['label_rows_excluded_train']} in train/), holding {r['flips_excluded']} of the "
+            f"{r['injected']['flip']} flips; the other label rows are `review` only.",
+        ]
     if r.get("note"):
         lines += ["", r["note"]]
     u = r.get("unmodified")
@@ -291,13 +376,12 @@ def markdown(r: dict) -> str:
             "",
             "| linear probe trained on | test accuracy |",
             "|---|---|",
-            f"| clean data | {a['clean']:.2%} |",
-            f"| noisy copy | {a['noisy']:.2%} |",
-            f"| noisy copy, `--exclude issues.csv` | {a['cleaned']:.2%} |",
+            *(f"| {name} | {a[k]:.2%}{_count(r, k)} |" for k, name in ACCURACY_ROWS),
             "",
             "Share of the lost accuracy recovered: "
             + (f"{share:.0%}" if share is not None else "n/a (noise cost nothing)")
-            + " (target >= 50%).",
+            + " (target >= 50%)."
+            + _noise(r),
         ]
     return "\n".join(lines) + "\n"
 

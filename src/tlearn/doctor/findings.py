@@ -4,6 +4,8 @@
 out of training (the extra copy of a duplicate, the training copy of a leaked test image, the
 mislabelled file); `action` says whether `tlearn train --exclude issues.csv` leaves it out
 (`exclude`) or only shows it (`review`). Deleting a row, or changing its action, changes that.
+Label rows are `exclude` only where the label is more likely wrong than right
+(`labels.wrong_label_probability`); the others cleanlab lists are there to look at.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ KINDS = {
     "duplicate": "the same pixels as another file of the same class",
     "near-duplicate": "a resized, recompressed or cropped copy of another file of the same class",
     "conflict": "a copy (exact or near) of a file with another label",
-    "label": "likely mislabelled: the cross-validated probe is confident it is another class",
+    "label": "likely mislabelled: the cross-validated probe disputes the label (action exclude "
+    "where the label is more likely wrong than right, else review)",
     "outlier": "far from every class in feature space",
     "small": "much smaller than the backbone's input (upscaled, so blurry to the network)",
     "unusual-mode": "stored in an unusual pixel format (converted to RGB on loading)",

@@ -53,11 +53,21 @@ class DoctorResult:
 
     def summary(self) -> str:
         lines = [f"{self.images} images checked in {sum(self.seconds.values()):.1f}s"]
-        lines += [f"  {kind:<15}{n}" for kind, n in self.counts.items() if n]
+        dropped = {k: sum(f.kind == k and f.action == "exclude" for f in self.findings)
+                   for k in ("label",)}  # fmt: skip
+        lines += [f"  {kind:<15}{n}{_dropped(dropped, kind, n)}"
+                  for kind, n in self.counts.items() if n]  # fmt: skip
         if not any(self.counts.values()):
             lines.append("  no problems found")
         lines += [f"wrote {p}" for p in self.files.values()]
         return "\n".join(lines)
+
+
+def _dropped(dropped: dict[str, int], kind: str, n: int) -> str:
+    """How many of a kind's rows `--exclude` drops, where not all of them are."""
+    if kind not in dropped or dropped[kind] == n:
+        return ""
+    return f" ({dropped[kind]} more likely wrong than right: action exclude; the rest review)"
 
 
 def run_doctor(
@@ -154,12 +164,18 @@ def _label_findings(catalog, feats, rows, folds, seed) -> list[Finding]:
     labels = catalog.labels[rows]
     issues = find_label_issues(feats, labels, len(catalog.classes), folds, seed)
     out = []
-    for r, s, p in zip(issues.positions, issues.suggested, issues.given_probability, strict=True):
+    ranked = zip(issues.positions, issues.suggested, issues.given_probability,
+                 issues.wrong_probability, strict=True)  # fmt: skip
+    for r, s, p, wrong in ranked:
         i = int(rows[r])
         given, other = catalog.label_of(i), catalog.classes[int(s)]
-        detail = f"probe: {p:.0%} {given}, {issues.pred_probs[r, s]:.0%} {other}"
+        detail = (
+            f"probe: {p:.0%} {given}, {issues.pred_probs[r, s]:.0%} {other}; "
+            f"label wrong with probability {wrong:.0%}"
+        )
         where = (catalog.paths[i], catalog.split_of(i), given)
-        out.append(Finding("label", *where, other, 1.0 - float(p), "exclude", detail=detail))
+        action = "exclude" if wrong > 0.5 else "review"  # more likely wrong than right
+        out.append(Finding("label", *where, other, 1.0 - float(p), action, detail=detail))
     return out
 
 
