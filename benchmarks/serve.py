@@ -1,14 +1,18 @@
 """`tlearn serve` under load, and onnxruntime against tlearn's PyTorch inference.
 
 Loopback only, bounded in requests and seconds. For a run (tf_efficientnet_lite0 at 224 px):
-  1. engines: images/s of the exported ONNX file in onnxruntime and of tlearn's own PyTorch
-     inference path (what `serve` and `evaluate` run: folded batch norms, bf16 where the probe
-     says so, prepacked weights), at batch 1 and 32, timed in alternating rounds, medians;
+  1. engines: images/s and CPU ms/image of the exported ONNX file in onnxruntime (its thread
+     team spanning the cores, and one thread: what each server worker runs while another is
+     busy) and of tlearn's own PyTorch inference path (what `serve` and `evaluate` run: folded
+     batch norms, bf16 where the probe says so, prepacked weights), at batch 1 and 32, timed in
+     alternating rounds, medians; and the CPU time of decoding an upload;
   2. load: a real `tlearn serve` process, a single-threaded asyncio client sending real JPEGs
      (the run's test images) one per request: requests/s and p50/p99 latency at concurrency 1, 8
      and 32 with batching (--max-batch 32, the engine's own --max-wait-ms), and at concurrency
      32 one image at a time (--max-batch 1 --max-wait-ms 0); with the server's CPU time per
-     request and the load average, since other work on the machine moves every wall time.
+     request (and of its event loop, and the client's), and the load average, since other work
+     on the machine moves every wall time. Server + client CPU per request bound the
+     requests/s the cores allow, in each mode.
 The client shares the machine's cores with the server, as a real client on the same host would.
 
     python benchmarks/serve.py --model RUN [--engine torch|onnx] [--seconds 30] [--name serve]
@@ -35,6 +39,7 @@ import numpy as np
 import tlearn
 from tlearn.api import serving_engine
 from tlearn.deploy.engines import OnnxEngine
+from tlearn.deploy.inputs import decode_upload
 from tlearn.deploy.onnx_runtime import OnnxModel
 from tlearn.training.runtime import tune_allocator
 
@@ -42,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 from serving import tlearn_serve  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
+ONE_THREAD = "onnxruntime, 1 thread"
 
 
 def _engine_worker(kind: str, path: str, requests, answers) -> None:
@@ -49,11 +55,15 @@ def _engine_worker(kind: str, path: str, requests, answers) -> None:
     in the main thread and run from another, exactly as `tlearn serve` builds and runs it. (On
     this shared machine, where that happens mattered: PyTorch at batch 1 ran 0.3-2.6 images/s
     when run from the main thread and 60-75 from a second thread, a 2-thread OpenMP team
-    waiting on a descheduled partner, it seems.)"""
+    waiting on a descheduled partner, it seems.) `onnxruntime, 1 thread` is the session each
+    of the server's workers runs while another worker is busy."""
     tune_allocator()
-    engine = OnnxEngine(OnnxModel(path, serving=True)) if kind == "onnxruntime" else None
-    engine = engine or serving_engine(path, "torch")
-    answers.put(engine.name)
+    if kind == "pytorch":
+        engine = serving_engine(path, "torch")
+    else:
+        threads = 1 if kind == ONE_THREAD else None
+        engine = OnnxEngine(OnnxModel(path, threads=threads, serving=True))  # alone: this session
+    answers.put(engine.name if kind != ONE_THREAD else ONE_THREAD)
     worker = threading.Thread(target=_engine_loop, args=(engine, requests, answers))
     worker.start()
     worker.join()
@@ -79,7 +89,7 @@ def engine_rates(run: Path, onnx_path: Path, rounds: int, seconds: float) -> dic
     alternation (one at a time, so they never share the cores), median of `rounds`."""
     context = multiprocessing.get_context("spawn")
     workers = {}
-    for kind, path in (("onnxruntime", onnx_path), ("pytorch", run)):
+    for kind, path in (("onnxruntime", onnx_path), (ONE_THREAD, onnx_path), ("pytorch", run)):
         requests, answers = context.Queue(), context.Queue()
         process = context.Process(target=_engine_worker, args=(kind, str(path), requests, answers))
         process.start()
@@ -103,11 +113,12 @@ def engine_rates(run: Path, onnx_path: Path, rounds: int, seconds: float) -> dic
     return out
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux), which a loaded machine inflates far
-    less than it does wall time."""
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User + system CPU time of a process (or of one of its threads) so far (Linux), which a
+    loaded machine inflates far less than it does wall time."""
+    stat = Path(f"/proc/{pid}/task/{thread}/stat" if thread else f"/proc/{pid}/stat")
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = stat.read_text().rsplit(")", 1)[1].split()
     except OSError:
         return float("nan")
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -137,9 +148,11 @@ async def load(
         await asyncio.gather(*[worker(client) for _ in range(3)])  # warm-up connections
         latencies.clear()
         requests, next_index, stop_at = requests_wanted, 0, time.perf_counter() + seconds
-        cpu, start = cpu_seconds(pid), time.perf_counter()
+        cpu, loop_cpu, start = cpu_seconds(pid), cpu_seconds(pid, pid), time.perf_counter()
+        client_cpu = time.process_time()
         await asyncio.gather(*[worker(client) for _ in range(concurrency)])
         wall, cpu = time.perf_counter() - start, cpu_seconds(pid) - cpu
+        loop_cpu, client_cpu = cpu_seconds(pid, pid) - loop_cpu, time.process_time() - client_cpu
         health = (await client.get(f"{url}/health")).json()
     ms = np.array(latencies) * 1000
     return {
@@ -151,9 +164,24 @@ async def load(
         "p99_ms": round(float(np.percentile(ms, 99)), 1),
         "mean_batch": health["mean_batch"],
         "server_cpu_ms_per_request": round(1000 * cpu / max(1, len(latencies)), 1),
+        # the server's main thread: its event loop (HTTP, multipart, JSON answers)
+        "event_loop_cpu_ms_per_request": round(1000 * loop_cpu / max(1, len(latencies)), 2),
+        "client_cpu_ms_per_request": round(1000 * client_cpu / max(1, len(latencies)), 2),
         "load_average": round(os.getloadavg()[0], 2),
         "engine": health["engine"],
     }
+
+
+def decode_cpu_ms(images: list[bytes], pre) -> float:
+    """CPU ms an upload costs to decode the server's way (JPEG, resize, crop), in one thread:
+    the median of three passes over up to 64 of the images."""
+    passes = []
+    for _ in range(3):
+        start = time.thread_time()
+        for i, data in enumerate(images[:64]):
+            decode_upload(data, f"{i}.jpg", pre, None)
+        passes.append(1000 * (time.thread_time() - start) / len(images[:64]))
+    return round(statistics.median(passes), 2)
 
 
 def load_tests(
@@ -189,7 +217,9 @@ def write(result: dict, name: str) -> None:
         "| engine | batch 1 images/s | batch 32 images/s | CPU ms/image, batch 1 | batch 32 |",
         "|---|---:|---:|---:|---:|",
     ]
-    for kind in ("onnxruntime", "pytorch"):
+    for kind in ("onnxruntime", ONE_THREAD, "pytorch"):
+        if kind not in e:
+            continue
         label = (
             f"tlearn PyTorch inference ({e['pytorch']['engine']})" if kind == "pytorch" else kind
         )
@@ -200,17 +230,26 @@ def write(result: dict, name: str) -> None:
         )
     lines += ["", f"served engine: {result['served_engine']}", "",
               "| mode | concurrency | requests | requests/s | p50 ms | p99 ms | mean batch "
-              "| server CPU ms/request | load average |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+              "| server CPU ms/request | of which event loop | client CPU ms/request "
+              "| load average |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for r in result["load"]:
         lines.append(
             f"| {r['mode']} | {r['concurrency']} | {r['requests']} | {r['requests_per_s']} | "
             f"{r['p50_ms']:,} | {r['p99_ms']:,} | {r['mean_batch']} | "
-            f"{r['server_cpu_ms_per_request']} | {r['load_average']} |"
+            f"{r['server_cpu_ms_per_request']} | {r['event_loop_cpu_ms_per_request']} | "
+            f"{r['client_cpu_ms_per_request']} | {r['load_average']} |"
         )
+    c = result["cpu_at_32"]
     lines += [
         "",
-        f"batching / one at a time at concurrency 32: {result['batching_ratio']}x requests/s",
+        f"decoding an upload (tlearn's decode_upload, one thread): {result['decode_cpu_ms']} ms "
+        "CPU an image",
+        "",
+        f"batching / one at a time at concurrency 32: {result['batching_ratio']}x requests/s; "
+        f"server + client CPU ms/request {c['batched']} batched, {c['one at a time']} one at a "
+        f"time ({c['ratio']}x), so {c['ceiling_batched']} and {c['ceiling_one']} requests/s at "
+        f"most on {c['cores']} cores",
     ]
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -243,6 +282,16 @@ def main() -> None:
     served = f"{rows[0]['engine']} (--engine {args.engine})"
     batched = next(r for r in rows if r["mode"] == "batched" and r["concurrency"] == 32)
     single = next(r for r in rows if r["mode"] == "one at a time")
+    cpu = {m: r["server_cpu_ms_per_request"] + r["client_cpu_ms_per_request"]
+           for m, r in (("batched", batched), ("one at a time", single))}  # fmt: skip
+    cores = os.cpu_count() or 1
+    cpu_at_32 = {
+        **{m: round(v, 1) for m, v in cpu.items()},
+        "ratio": round(cpu["one at a time"] / cpu["batched"], 2),
+        "cores": cores,
+        "ceiling_batched": round(1000 * cores / cpu["batched"], 1),
+        "ceiling_one": round(1000 * cores / cpu["one at a time"], 1),
+    }
     names = "+".join(b["name"] for b in model.spec.backbones)
     size, classes = model.input_preprocessing.input_size, len(model.classes)
     write({
@@ -254,6 +303,8 @@ def main() -> None:
         "served_engine": served,
         "load": rows,
         "batching_ratio": round(batched["requests_per_s"] / single["requests_per_s"], 2),
+        "cpu_at_32": cpu_at_32,
+        "decode_cpu_ms": decode_cpu_ms(images, model.input_preprocessing),
         "images_sent": f"{len(images)} JPEGs from {data}",
     }, args.name)  # fmt: skip
 

@@ -16,6 +16,7 @@ import tlearn
 import tlearn.deploy.auto
 from tiny_run import CLASSES, train_tiny
 from tlearn.deploy.batcher import Batcher
+from tlearn.deploy.engines import OnnxEngine
 from tlearn.deploy.export import ProbabilityGraph, fp32_copy
 from tlearn.deploy.inputs import load_files
 
@@ -129,6 +130,20 @@ def test_serves_an_onnx_file_with_the_same_answers(run, tmp_path, capsys):
     np.testing.assert_allclose(engine(seven), whole, atol=1e-6)  # run 4 + 3 images at a time
     assert engine.onnx.sizes == [4, 3]
     engine.onnx = engine.onnx.inner
+    # a lone batch runs on the thread team, a batch while another worker runs on one thread
+    two = OnnxEngine(engine.onnx, workers=2)
+    assert two.narrow.session.get_session_options().intra_op_num_threads == 1
+    used: list[str] = []
+    two.onnx = lambda x, run=two.onnx: used.append("team") or run(x)
+    two.narrow = lambda x, run=two.narrow: used.append("one thread") or run(x)
+    alone = two(seven)
+    two._running = 1  # as while another worker's batch runs
+    beside = two(seven)
+    two._running = 0
+    assert used == ["team", "team", "one thread", "one thread"]
+    np.testing.assert_allclose(alone, whole, atol=1e-6)
+    np.testing.assert_allclose(beside, whole, atol=1e-6)
+    assert OnnxEngine(engine.onnx, workers=1).narrow is None and engine.workers >= 1
     # engine onnx serves a run from its verified export, exported once
     (run / "model.onnx").unlink(missing_ok=True)
     assert tlearn.api.serving_engine(run, "onnx").name == "onnxruntime"
@@ -239,6 +254,37 @@ def test_batcher_close_runs_what_was_queued():
     futures = [batcher.submit(np.zeros((1, 3, 2, 2), np.uint8)) for _ in range(7)]
     batcher.close()
     assert all(f.done() and f.result().shape == (1, 2) for f in futures)
+
+
+def test_batcher_workers_run_batches_side_by_side_and_answer_each_its_own():
+    """Several workers (onnxruntime's one a core): one gathers while the others run; every
+    request still gets its own rows, and close() runs everything queued before it."""
+    engine, lock = SlowEngine(), threading.Lock()
+    running, most = [0], [0]
+
+    def counting(images):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            return engine(images)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    batcher = Batcher(counting, max_batch=2, max_wait_ms=0, workers=2)
+    values = list(range(0, 240, 20))
+    futures = [(v, batcher.submit(np.full((1, 3, 2, 2), v, np.uint8))) for v in values]
+    batcher.close()
+    assert [f.result(timeout=0)[0, 0] for _, f in futures] == pytest.approx(
+        [v / 255 for v in values]
+    )
+    assert most[0] == 2 and max(engine.sizes) <= 2
+    assert batcher.images == len(values) and batcher.batches == len(engine.sizes)
+    with pytest.raises(RuntimeError):
+        batcher.submit(np.zeros((1, 3, 2, 2), np.uint8))
+    with pytest.raises(ValueError, match="at least one worker"):
+        Batcher(counting, workers=0)
 
 
 def test_graceful_shutdown_answers_requests_in_flight(run):

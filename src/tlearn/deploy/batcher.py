@@ -1,9 +1,10 @@
-"""Concurrent requests become batches: one worker thread runs the network, off the event loop.
+"""Concurrent requests become batches, run by worker threads off the event loop.
 
-A CPU computes a batch of 32 images in far less than 32 times one image's time, so requests that
+Where a batch of 32 images costs far less than 32 times one image (PyTorch), requests that
 arrive together wait up to `max_wait_ms` for each other and run as one batch of at most
-`max_batch` images. One thread owns the network: its threads are the machine's cores, and two
-batches at once would only fight over them.
+`max_batch` images, in one worker whose threads are the machine's cores. Where it does not
+(onnxruntime), the engine asks for several workers: one gathers what queued while the others
+run their batches, each on a core (`tlearn.deploy.engines.OnnxEngine`).
 """
 
 from __future__ import annotations
@@ -30,11 +31,15 @@ class _Job:
 class Batcher:
     """`submit(images)` -> a Future of their probabilities; `close()` finishes what was queued."""
 
-    def __init__(self, engine, max_batch: int = 32, max_wait_ms: float = 5.0) -> None:
+    def __init__(
+        self, engine, max_batch: int = 32, max_wait_ms: float = 5.0, workers: int = 1
+    ) -> None:
         if max_batch < 1:
             raise TlearnError(f"--max-batch {max_batch} must be at least 1")
         if max_wait_ms < 0:
             raise TlearnError(f"--max-wait-ms {max_wait_ms} must be zero or more")
+        if workers < 1:
+            raise ValueError(f"a batcher needs at least one worker, not {workers}")
         self.engine = engine
         self.max_batch = int(max_batch)
         self.max_wait = float(max_wait_ms) / 1000.0
@@ -44,8 +49,14 @@ class Batcher:
         self._carry: _Job | None = None
         self._closed = False
         self._lock = threading.Lock()  # no job may enter the queue after the stop
-        self._thread = threading.Thread(target=self._loop, name="tlearn-batcher", daemon=True)
-        self._thread.start()
+        self._gathering = threading.Lock()  # one worker gathers while the others run batches
+        self._stopping = False
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"tlearn-batcher-{i}", daemon=True)
+            for i in range(int(workers))
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, images: np.ndarray) -> Future:
         job = _Job(images)
@@ -61,7 +72,9 @@ class Batcher:
             if not self._closed:
                 self._closed = True
                 self._queue.put(_STOP)
-        self._thread.join(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     @property
     def mean_batch(self) -> float:
@@ -93,16 +106,16 @@ class Batcher:
         return jobs, False
 
     def _loop(self) -> None:
-        stop = False
-        while not stop:
-            first = self._next(None)
-            if first is _STOP:
-                break
-            jobs, stop = self._gather(first)
+        while True:
+            with self._gathering:
+                if self._stopping:
+                    return
+                first = self._next(None)
+                if first is _STOP:
+                    self._stopping = True
+                    return
+                jobs, self._stopping = self._gather(first)
             self._run(jobs)
-        if self._carry is not None:  # a job held back when the stop came
-            self._run([self._carry])
-            self._carry = None
 
     def _run(self, jobs: list[_Job]) -> None:
         try:
@@ -112,8 +125,9 @@ class Batcher:
             for job in jobs:
                 job.future.set_exception(e)
             return
-        self.batches += 1
-        self.images += len(batch)
+        with self._lock:
+            self.batches += 1
+            self.images += len(batch)
         start = 0
         for job in jobs:
             job.future.set_result(probabilities[start : start + len(job.images)])

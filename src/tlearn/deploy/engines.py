@@ -7,6 +7,8 @@ decoding, batching and answers do not depend on which one runs.
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
@@ -23,6 +25,7 @@ from tlearn.preprocessing import Preprocessing
 class Engine(Protocol):
     name: str
     max_wait_ms: float  # the batcher's default wait for a batch to fill
+    workers: int  # the batcher's threads that call the engine at once
     classes: list[str]
     input_preprocessing: Preprocessing
 
@@ -39,6 +42,7 @@ class TorchEngine:
     """
 
     max_wait_ms = 5.0
+    workers = 1  # its thread team already spans the cores
 
     def __init__(
         self,
@@ -79,22 +83,54 @@ class OnnxEngine:
     1 to 4 images a run and 12.6 at 8 to 32 (medians of 4 rounds on the shared 2-core machine;
     a large batch's activations outgrow the caches). So no request waits for others (a batch
     is what queued while the previous one ran), and a batch runs `chunk` images at a time.
+
+    A session whose thread team spans the cores spends about 2 ms an image more CPU than a
+    one-thread session (13.0 against 11.0 ms in a loaded server, where the team's threads wait
+    for each other), which a busy server cannot afford, while a lone request finishes sooner
+    on all the cores. So the batcher runs one worker a core, and each chunk of images goes to
+    the one-thread session while another worker is running a batch, and to the team when this
+    worker is the only one (benchmarks/results/serve3-*.md).
     """
 
     max_wait_ms = 0.0
     chunk = 4
 
-    def __init__(self, onnx_model: OnnxModel) -> None:
+    def __init__(self, onnx_model: OnnxModel, workers: int | None = None) -> None:
         self.onnx = onnx_model
         self.classes = onnx_model.classes
         self.input_preprocessing = onnx_model.input_preprocessing
         self.name = "onnxruntime"
+        self.workers = max(1, workers if workers is not None else usable_cores())
+        one_thread = self.workers > 1
+        self.narrow = OnnxModel(onnx_model.path, threads=1, serving=True) if one_thread else None
+        self._running = 0
+        self._lock = threading.Lock()
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        if len(images) <= self.chunk:
-            return self.onnx(images)
-        parts = [self.onnx(images[i : i + self.chunk]) for i in range(0, len(images), self.chunk)]
-        return np.concatenate(parts)
+        with self._lock:
+            self._running += 1
+        try:
+            parts = [
+                self._session()(images[i : i + self.chunk])
+                for i in range(0, max(1, len(images)), self.chunk)
+            ]
+        finally:
+            with self._lock:
+                self._running -= 1
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _session(self) -> OnnxModel:
+        """The one-thread session while other batches run, else the one that spans the cores."""
+        return self.narrow if self.narrow is not None and self._running > 1 else self.onnx
 
     def describe(self) -> dict[str, Any]:
         return self.onnx.describe()
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity), which a container can set below
+    the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1

@@ -75,7 +75,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        holder["batcher"] = Batcher(engine, max_batch, max_wait_ms)
+        holder["batcher"] = Batcher(engine, max_batch, max_wait_ms, getattr(engine, "workers", 1))
         yield
         await asyncio.get_running_loop().run_in_executor(None, holder["batcher"].close)
 
