@@ -4,7 +4,7 @@ this machine's CPUs, with the same global batch and seed, as a user runs them.
   finetune   every layer of Lite0 trains at 64 px on --train-limit Fashion-MNIST images, 1 epoch
              with flips, global batch 64 (1 x 64, or 2 x 32)
   probe      a linear probe on Lite0's stage features at 64 px, the same images, an empty
-             feature cache (each process computes every feature: extraction is not sharded)
+             feature cache (with two processes each extracts half, gathered once)
 
 One process uses every core (torch's own threads); each of two uses half (`--nproc` sets
 OMP_NUM_THREADS). Wall time is the whole command (report included); images/s is the last
