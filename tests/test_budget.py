@@ -382,3 +382,20 @@ def test_a_probe_measured_before_on_this_machine_is_not_timed_again(monkeypatch)
     assert again == first
     with pytest.raises(Timed):  # another batch: a new measurement
         probe.measure_throughput(model, [32], cpu, plain, plain, batch=4, remember_as="t")
+
+
+def test_larger_sizes_are_extrapolated_from_the_two_smallest_probed():
+    """Measured on sign-digits (Lite0, freeze:4): 96 and 128 px timed, 160-224 extrapolated."""
+    from tlearn.training.budget.plan import Throughput, extrapolated
+
+    measured = [Throughput(96, 186.3, 891.9, 237.4, None), Throughput(128, 90.4, 334.4, 138.6)]
+    rest = extrapolated(measured, [160, 192, 224])
+    assert [t.image_size for t in rest] == [160, 192, 224] and not any(t.measured for t in rest)
+    # the same run also timed them: 63.3, 36.9 and 26.4 images/s training
+    for t, real in zip(rest, (63.3, 36.9, 26.4), strict=True):
+        assert t.train_ips == pytest.approx(real, rel=0.16)
+    assert rest[-1].train_ips == pytest.approx(26.4, rel=0.02)
+    assert all(t.prefix_ips is None for t in rest)  # not measured: not made up
+    noisy = [Throughput(96, 90.0, 300.0), Throughput(128, 100.0, 300.0)]  # larger timed faster
+    assert extrapolated(noisy, [256])[0].train_ips == pytest.approx(100.0 / 4)
+    assert extrapolated(measured[:1], [160]) == []

@@ -20,11 +20,13 @@ from tlearn.models import create_backbone
 from tlearn.models.prefix import frozen_prefix
 from tlearn.training.budget.clock import Clock
 from tlearn.training.budget.plan import (
+    PROBED_SIZES,
     Plan,
     PlanInputs,
     Throughput,
     candidate_sizes,
     early_stages,
+    extrapolated,
     make_plan,
 )
 from tlearn.training.build import build_classifier
@@ -221,7 +223,7 @@ def plan_run(
     with torch.random.fork_rng(devices=[]):  # measuring must not move the run's random stream
         throughputs = measure_throughput(
             model,
-            sizes,
+            sizes[:PROBED_SIZES],  # the larger ones are extrapolated below
             device,
             autocast_factory(device, train_precision),
             autocast_factory(device, precision),
@@ -236,6 +238,13 @@ def plan_run(
                 > budget - (clock.now() - started)
             ),
         )
+    if len(throughputs) == PROBED_SIZES:  # the larger sizes, as long as 3 epochs could fit
+        for t in extrapolated(throughputs, sizes[PROBED_SIZES:]):
+            throughputs.append(t)
+            if 3 * len(splits.train) / max(t.train_ips, t.stored_train_ips or 0) > budget - (
+                clock.now() - started
+            ):
+                break
     if not throughputs:
         throughputs = [Throughput(sizes[0], 1.0, 1.0)]
     in_memory = bool(getattr(splits.train, "in_memory", False))
@@ -281,6 +290,7 @@ def log_plan(
         log(
             f"  probe {t.image_size}px: {t.train_ips:,.0f} img/s training ({precisions[0]}), "
             f"{t.infer_ips:,.0f} img/s inference ({precisions[1]})"
+            + ("" if t.measured else ", extrapolated from the smaller sizes")
         )
     for reason in plan.reasons:
         log(f"  because {reason}")
