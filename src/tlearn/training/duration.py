@@ -1,8 +1,8 @@
 """How long a run without `--budget` will take: said early in the first epoch, then after
 each epoch, so nobody waits for a fine-tune of unknown length (a 694 s one said nothing).
 
-The estimate times the first epoch's steps after the warm-up ones (the first batches fill
-caches and pick kernels) and multiplies by the steps left in every phase; later phases that
+The estimate times the first epoch's steps after the warm-up ones as the budget keeper does
+(`training/first_steps.py`) and multiplies by the steps left in every phase; later phases that
 train more stages are slower, so it is a floor for gradual unfreezing, and the line says
 "about". With `--budget` the budget keeper speaks instead.
 """
@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from tlearn.training.first_steps import FirstSteps
 from tlearn.training.hooks import Hook, Step
 from tlearn.training.phase import PhaseRun
-
-FROM_STEP = 5  # timing starts here: the steps before it warm caches and choose kernels
 
 
 def short(seconds: float) -> str:
@@ -30,7 +29,7 @@ class RunDuration(Hook):
     """The loop's hook that says how long the rest of the run will take."""
 
     def __init__(self) -> None:
-        self.mark: tuple[int, float] | None = None
+        self.first_steps = FirstSteps()
         self.said = False
 
     def after_step(self, loop: Any, run: PhaseRun, step: Step) -> None:
@@ -38,13 +37,10 @@ class RunDuration(Hook):
             return
         done = step.progress.step
         per_epoch = loop.epoch_steps(step.batches.loader)
-        at = max(FROM_STEP + 10, per_epoch // 10)
-        if done == FROM_STEP:
-            self.mark = (done, loop.clock.now())
-        if done != at or self.mark is None or at >= per_epoch:
+        step_s = self.first_steps.step_s(done, per_epoch, loop.clock.now())
+        if step_s is None:
             return
         self.said = True
-        step_s = (loop.clock.now() - self.mark[1]) / (done - self.mark[0])
         left = loop.phase_steps(step.batches.loader, 0, loop.cfg.epochs) - self.steps_done(
             loop, per_epoch, done
         )

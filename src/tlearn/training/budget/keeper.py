@@ -20,6 +20,7 @@ from tlearn.training.budget import (
     max_epochs,
     refit_schedule,
 )
+from tlearn.training.first_steps import FirstSteps
 from tlearn.training.hooks import EpochEnd, Hook, Step
 from tlearn.training.order import EpochBatches, batches_per_epoch
 from tlearn.training.phase import PhaseRun
@@ -27,7 +28,6 @@ from tlearn.training.phase import PhaseRun
 # `--budget` stops before an epoch that would end past this share of the budget: 5% over is
 # better spent finishing a planned schedule (its last, low-rate steps) than cutting it short.
 BUDGET_OVERRUN = 1.05
-REFIT_FROM_STEP = 5  # --budget times the first epoch's steps from here (the first warm caches)
 LENGTH = ("epochs", "steps_per_epoch", "last_epoch_steps")  # what a refit changes
 
 
@@ -52,7 +52,7 @@ class BudgetKeeper(Hook):
         self.budget_s = budget_s
         self.plan = plan
         self.refitted = False  # to the first epoch's steps (`refit_to_speed`), once
-        self.speed_mark: tuple[int, float] | None = None
+        self.first_steps = FirstSteps()  # timed for the refit to the real speed
         self.lengths: dict[str, int | None] | None = None  # after the latest refit
 
     def state_dict(self) -> dict | None:
@@ -99,14 +99,10 @@ class BudgetKeeper(Hook):
         """
         plan, cfg = self.plan, loop.cfg
         per_epoch = loop.epoch_steps(batches.loader)
-        at = max(REFIT_FROM_STEP + 10, per_epoch // 10)
-        if step == REFIT_FROM_STEP:
-            self.speed_mark = (step, loop.clock.now())
-        if step != at or self.speed_mark is None or plan is None or at >= per_epoch:
+        step_s = self.first_steps.step_s(step, per_epoch, loop.clock.now())
+        if step_s is None or plan is None:
             return
         self.refitted = True
-        first, since = self.speed_mark
-        step_s = (loop.clock.now() - since) / (step - first)
         used = loop.setup_s + loop.elapsed()
         cap = max_epochs(len(loop.splits.train))
         full = batches_per_epoch(batches.loader)
