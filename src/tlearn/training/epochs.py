@@ -34,6 +34,7 @@ from tlearn.training.ledger import SkippedFiles
 from tlearn.training.nan_guard import NanGuard, check_finite
 from tlearn.training.order import EpochBatches, batches_per_epoch
 from tlearn.training.phase import PhaseRun
+from tlearn.training.probe_floor import ProbeFloor
 from tlearn.training.schedule import build_scheduler, lr_factor
 from tlearn.training.state import (
     STATE_NAME,
@@ -128,6 +129,12 @@ class Epochs:
             Checkpoints(),
         ]
         load_hook_states(self.hooks, state)
+        self.floor: ProbeFloor | None = None  # a budget run's probe floor (`keep_probe_floor`)
+
+    def keep_probe_floor(self) -> None:
+        """Solve the pretrained probe before fine-tuning and keep it if no epoch beats it."""
+        self.floor = ProbeFloor(self.budget.budget_s or 0.0)
+        self.hooks.append(self.floor)  # last: after the averaged weights are kept
 
     def call(self, event: str, *args: Any) -> list[Any]:
         """Every hook's `event`, in order."""

@@ -136,16 +136,6 @@ def stage_feed(run: Any, prefix: Prefix, pre: Preprocessing, precision: str) -> 
     distributed.shard(loader)
     if cfg.balance == "sampler":
         loader.sample_weights = sample_weights(train.labels, len(splits.classes))
-    val_loader = None
-    if val is not None:
-        batch = inference_batch_size(run.device, pre.input_size)
-        val_loader = FeatureLoader(val, batch, shuffle=False, dtype=torch.float32)
-
-    def evaluate() -> loop.Predictions | None:
-        if val_loader is None:
-            return None
-        return loop.predict_all(run.model, val_loader, run.device, run.autocast)
-
     @contextlib.contextmanager
     def after_the_prefix() -> Iterator[None]:
         backbone.after_prefix = prefix  # the network runs from the stored stages on
@@ -153,6 +143,19 @@ def stage_feed(run: Any, prefix: Prefix, pre: Preprocessing, precision: str) -> 
             yield
         finally:
             backbone.after_prefix = None
+
+    batch = inference_batch_size(run.device, pre.input_size)
+    if run.floor is not None:  # a budget run: the probe first, the head starts from it
+        with after_the_prefix():
+            run.floor.start(run, train, val, batch)
+    val_loader = None
+    if val is not None:
+        val_loader = FeatureLoader(val, batch, shuffle=False, dtype=torch.float32)
+
+    def evaluate() -> loop.Predictions | None:
+        if val_loader is None:
+            return None
+        return loop.predict_all(run.model, val_loader, run.device, run.autocast)
 
     model = run.model
     return Feed(loader, evaluate, model, classifier_mode(model), None, pre.input_size,

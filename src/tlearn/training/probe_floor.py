@@ -1,0 +1,159 @@
+"""A budget run's floor: the pretrained network's linear probe, solved before fine-tuning starts.
+
+A few minutes of fine-tuning can end below a frozen backbone's solved linear probe (on the
+clothing photos, `--budget 3m` tied the logistic-regression baseline that `tlearn train DIR`
+beats). Where the run stores its frozen stages' outputs, the probe costs one inference pass of
+the top stages over them (at most `SHARE` of the budget on the training rows: a probe that
+would overrun is cut short) and a few seconds of L-BFGS. After the last epoch the run keeps the
+probe when it beats every fine-tuned epoch on validation, so a budget run's model is never worse
+there than the probe.
+
+The head does not start from the probe's solution (LP-FT, Kumar et al. 2022): on the clothing
+photos at `--budget 3m` that start scored 71.9% validation after the first epoch against 77.4%
+from a fresh head (benchmarks/results/probe_floor.md).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tlearn.checkpoint import save_model
+from tlearn.files import atomic_write_text
+from tlearn.training import distributed, loop
+from tlearn.training.balance import class_weights
+from tlearn.training.features import FeatureLoader, FeatureSet
+from tlearn.training.hooks import Hook
+from tlearn.training.linear_probe import load_solved_head
+from tlearn.training.solve import ProbeFit, fit_probe
+
+
+SHARE = 0.05  # of the budget, at most, for the training rows' pooled features
+
+
+class PooledFeatures(nn.Module):
+    """A classifier's pooled backbone features (the top stages run on stored stage outputs)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(x)
+
+
+class ProbeFloor(Hook):
+    """Solves the probe on the stored stages (`start`), and keeps it at the end if it wins."""
+
+    def __init__(self, budget_s: float) -> None:
+        self.budget_s = budget_s
+        self.fit: ProbeFit | None = None
+        self.pretrained: dict[str, torch.Tensor] | None = None  # the network before fine-tuning
+        self.val: loop.Predictions | None = None
+        self.seconds = 0.0
+        self.rows = 0
+
+    def start(self, run: Any, train: FeatureSet, val: FeatureSet | None, batch: int) -> None:
+        """Solve the probe on the top stages' pooled output of both splits."""
+        if val is None:  # no validation: nothing to compare the fine-tuned epochs with
+            return
+        started = time.perf_counter()
+        pooled = PooledFeatures(run.model)
+        vx = pooled_rows(pooled, val, batch, run)
+        # the training rows in a shuffled order, until the budget's share is spent
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(run.cfg.seed))
+        x = pooled_rows(pooled, train, batch, run, order, SHARE * self.budget_s)
+        n_classes = len(run.splits.classes)
+        weight = None
+        if run.cfg.balance != "none":
+            weight = class_weights(run.splits.train.targets, n_classes)
+        self.fit = fit_probe(
+            x.features, x.labels, vx.features, vx.labels, n_classes,
+            class_weight=weight, seed=run.cfg.seed,
+        )  # fmt: skip
+        self.val = loop.Predictions(self.fit.logits(vx.features), vx.labels, vx.indices, 0.0)
+        self.pretrained = {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
+        self.seconds, self.rows = time.perf_counter() - started, len(x)
+        of = "" if len(x) == len(train) else f" (the first {len(x)} of {len(train)} shuffled)"
+        run.log(
+            f"linear probe on the pretrained features of {len(x)} training images{of} solved "
+            f"in {self.seconds:.1f}s: validation accuracy {self.fit.val_accuracy:.4f}; the run "
+            "keeps it if no fine-tuned epoch beats it"
+        )
+
+    def on_train_end(self, loop_: Any) -> None:
+        """The probe becomes best.safetensors (and the model returned) if it won on validation."""
+        if self.fit is None or self.pretrained is None:
+            return
+        probe_acc = float(self.fit.val_accuracy or 0.0)
+        kept = distributed.from_main(probe_acc > loop_.best_score)
+        record(loop_.run_dir, self, loop_.best_score, kept)
+        if not kept:
+            return
+        loop_.log(
+            f"the linear probe (validation accuracy {probe_acc:.4f}) beat every fine-tuned epoch "
+            f"(best {loop_.best_score:.4f}): best.safetensors holds the probe"
+        )
+        loop_.model.load_state_dict(self.pretrained)
+        load_solved_head(loop_.model.top(), self.fit)
+        loop_.spec.metrics = {
+            **(loop_.spec.metrics or {}), "epoch": 0, "val_accuracy": probe_acc,
+            "val_loss": self.fit.val_loss, "train_loss": self.fit.train_loss,
+        }  # fmt: skip
+        loop_.best_score = probe_acc
+        if distributed.is_main():
+            path = loop_.run_dir / "best.safetensors"
+            loop_.try_save("best.safetensors", lambda: save_model(path, loop_.model, loop_.spec))
+        loop_.val_predictions["best.safetensors"] = self.val
+
+
+@torch.no_grad()
+def pooled_rows(
+    pooled: nn.Module,
+    stored: FeatureSet,
+    batch: int,
+    run: Any,
+    order: torch.Tensor | None = None,
+    seconds: float | None = None,
+) -> FeatureSet:
+    """Pooled features of stored stage outputs (mirrors left out: half the cost), in `order`,
+    stopping after the batch that passes `seconds`."""
+    order = torch.arange(len(stored)) if order is None else order
+    pooled.eval()
+    started = time.perf_counter()
+    features, taken = [], []
+    for first in range(0, len(order), batch):
+        rows = order[first : first + batch]
+        x = stored.features[rows].to(run.device, torch.float32)
+        with run.autocast():
+            features.append(pooled(x.contiguous(memory_format=torch.channels_last)).float().cpu())
+        taken.append(rows)
+        if seconds is not None and time.perf_counter() - started > seconds:
+            break
+    rows = torch.cat(taken)
+    indices = stored.indices[rows] if stored.indices is not None else rows
+    return FeatureSet(torch.cat(features), stored.labels[rows], None, indices)
+
+
+def record(run_dir: Path, floor: ProbeFloor, best: float, kept: bool) -> None:
+    """The floor and the decision, in plan.json beside the budget plan."""
+    if not distributed.is_main() or floor.fit is None:
+        return
+    fit = floor.fit
+    path = run_dir / "plan.json"
+    plan = json.loads(path.read_text()) if path.is_file() else {}
+    plan["probe_floor"] = {
+        "val_accuracy": round(float(fit.val_accuracy or 0.0), 5),
+        "val_loss": round(float(fit.val_loss or 0.0), 5),
+        "l2": fit.l2,
+        "training_images": floor.rows,
+        "seconds": round(floor.seconds, 1),
+        "best_fine_tuned_val_accuracy": round(float(best), 5),
+        "kept": "probe" if kept else "fine-tuned",
+    }
+    atomic_write_text(path, json.dumps(plan, indent=1) + "\n")

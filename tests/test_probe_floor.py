@@ -1,0 +1,90 @@
+"""A budget fine-tune's floor: the pretrained probe, solved first, kept when no epoch beats it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import tlearn
+from fast import TINY
+from tlearn.training import probe_floor
+from tlearn.training.budget import make_plan
+
+
+@pytest.fixture
+def freeze_plan(monkeypatch):
+    """Every budget plan fine-tunes the top of the network on stored frozen stages."""
+    import tlearn.training.budget.probe as planner
+
+    def planned(inputs):
+        plan = make_plan(inputs)
+        plan.strategy, plan.epochs, plan.augment, plan.steps_per_epoch = "freeze:2", 2, "flip", None
+        return plan
+
+    monkeypatch.setattr(planner, "make_plan", planned)
+
+
+def budget_run(data, out, lines):
+    options = {**TINY, "backbone": "test_efficientnet", "image_size": None, "log": lines.append}
+    return tlearn.train(str(data), out=str(out), budget="1m", **options)
+
+
+def test_a_budget_fine_tune_solves_the_probe_first_and_records_the_floor(
+    freeze_plan, make_image_folder, tmp_path
+):
+    data = make_image_folder(n=12, size=(40, 40))
+    lines: list[str] = []
+    budget_run(data, tmp_path / "run", lines)
+    assert any("frozen stages computed once" in line for line in lines)
+    solved = [line for line in lines if line.startswith("linear probe on the pretrained")]
+    assert solved and "of 18 training images solved" in solved[0]  # all of them: no cut
+    floor = json.loads((tmp_path / "run" / "plan.json").read_text())["probe_floor"]
+    assert floor["training_images"] == 18
+    assert floor["kept"] in ("probe", "fine-tuned")
+    best = tlearn.load(tmp_path / "run" / "best.safetensors")
+    if floor["kept"] == "fine-tuned":
+        assert floor["best_fine_tuned_val_accuracy"] >= floor["val_accuracy"]
+        assert best.spec.metrics["epoch"] >= 1
+
+
+def test_a_floor_that_would_overrun_its_share_of_the_budget_is_cut_short(
+    freeze_plan, make_image_folder, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(probe_floor, "SHARE", 0.0)  # the first batch is already past it
+    data = make_image_folder(n=12, size=(40, 40))
+    lines: list[str] = []
+    budget_run(data, tmp_path / "run", lines)
+    floor = json.loads((tmp_path / "run" / "plan.json").read_text())["probe_floor"]
+    taken = floor["training_images"]  # one inference batch
+    assert 0 < taken < 18
+    assert any(f"(the first {taken} of 18 shuffled)" in line for line in lines)
+
+
+def test_the_probe_is_kept_when_no_fine_tuned_epoch_beats_it(
+    freeze_plan, make_image_folder, tmp_path, monkeypatch
+):
+    data = make_image_folder(n=12, size=(40, 40))
+    original = probe_floor.ProbeFloor.on_train_end
+    pretrained = {}
+
+    def every_epoch_lost(self, loop):
+        pretrained.update(self.pretrained)
+        loop.best_score = -1.0  # as if fine-tuning had ruined the features
+        original(self, loop)
+
+    monkeypatch.setattr(probe_floor.ProbeFloor, "on_train_end", every_epoch_lost)
+    lines: list[str] = []
+    model = budget_run(data, tmp_path / "run", lines)
+    assert any("best.safetensors holds the probe" in line for line in lines)
+    floor = json.loads((tmp_path / "run" / "plan.json").read_text())["probe_floor"]
+    assert floor["kept"] == "probe"
+    best = tlearn.load(tmp_path / "run" / "best.safetensors")
+    last = tlearn.load(tmp_path / "run" / "last.safetensors")
+    name = next(k for k in pretrained if k.startswith("backbones.0") and "blocks.3" in k)
+    kept, fine_tuned = best.classifier.state_dict()[name], last.classifier.state_dict()[name]
+    torch.testing.assert_close(kept, pretrained[name])  # the network as pretrained
+    assert not torch.equal(fine_tuned, pretrained[name])  # last.safetensors: the last epoch
+    assert best.spec.metrics["epoch"] == 0
+    torch.testing.assert_close(model.classifier.state_dict()[name], pretrained[name])
