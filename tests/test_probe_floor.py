@@ -52,7 +52,7 @@ def test_a_budget_fine_tune_solves_the_probe_first_and_records_the_floor(
 def test_a_floor_that_would_overrun_its_share_of_the_budget_is_cut_short(
     freeze_plan, make_image_folder, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(probe_floor, "SHARE", 0.0)  # the first batch is already past it
+    monkeypatch.setattr(probe_floor, "PASS_SHARE", 0.0)  # the first batch is already past it
     data = make_image_folder(n=12, size=(40, 40))
     lines: list[str] = []
     budget_run(data, tmp_path / "run", lines)
