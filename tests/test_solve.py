@@ -12,7 +12,7 @@ import yaml
 
 import tlearn
 from fast import TINY
-from tlearn.training.solve import fit_probe, solve_logistic, standardisation
+from tlearn.training.solve import fit_probe, out_of_fold_logits, solve_logistic, standardisation
 
 
 def blobs(n: int, d: int = 40, classes: int = 3, noise: float = 1.0, seed: int = 0):
@@ -123,3 +123,32 @@ def test_lbfgs_refuses_an_mlp_head(make_image_folder, tmp_path):
     data = make_image_folder(n=4)
     with pytest.raises(tlearn.TlearnError, match="--head-fit lbfgs solves a linear head"):
         tlearn.train(str(data), out=str(tmp_path / "r"), **TINY, head_fit="lbfgs", head="mlp")
+
+
+def test_out_of_fold_logits_come_from_fits_that_never_saw_the_row():
+    """A mislabelled row is fitted in-sample but contradicted out of fold: the held-out logits
+    are what a new image of its class would get."""
+    x, y = blobs(300, noise=0.6)
+    y = y.clone()
+    y[:5] = (y[:5] + 1) % 3  # five labels flipped
+    fit = fit_probe(x, y, None, None, 3, grid=(1e-4,))
+    held_out = out_of_fold_logits(fit, x, y, None, 3, seed=0)
+    in_sample = fit.logits(x)
+    given = torch.arange(5)
+    p_in = in_sample.softmax(1)[given, y[:5]]
+    p_out = held_out.softmax(1)[given, y[:5]]
+    assert (p_out < p_in).all() and p_out.max() < 0.5
+    # the clean rows are still classified as they are labelled
+    assert (held_out[5:].argmax(1) == y[5:]).float().mean() > 0.95
+
+
+def test_a_solved_probe_fits_its_temperature_on_validation_and_out_of_fold_rows(
+    tmp_path, make_image_folder
+):
+    data = make_image_folder(n=12)
+    lines: list[str] = []
+    tlearn.train(str(data), out=str(tmp_path / "run"), **{**TINY, "log": lines.append})
+    spec = tlearn.load(tmp_path / "run").spec
+    assert spec.calibration["fitted_on"] == "val+oof"
+    assert spec.calibration["images"] == 24  # 6 validation + 18 training images
+    assert any("validation and out-of-fold training images" in line for line in lines)

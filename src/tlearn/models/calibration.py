@@ -109,6 +109,16 @@ def calibration_record(logits: Tensor, labels: Tensor, images_of: str = "val") -
     }
 
 
+def fitted_on_text(fitted_on: str) -> str:
+    """What a record's `fitted_on` names, in words: "val", "oof" (out-of-fold training rows of
+    a solved probe) or both."""
+    return {
+        "val": "validation images",
+        "oof": "training images held out fold by fold",
+        "val+oof": "validation and out-of-fold training images",
+    }.get(fitted_on, f"{fitted_on} images")
+
+
 @contextmanager
 def temperature_off(module: nn.Module, off: bool = True) -> Iterator[nn.Module]:
     """Raw logits from every classifier inside `module` (an ensemble's members too), for a while.

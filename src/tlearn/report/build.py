@@ -17,6 +17,7 @@ import yaml
 
 from tlearn.evaluation import Report
 from tlearn.files import atomic_write_text
+from tlearn.models.calibration import fitted_on_text
 from tlearn.report import figures, html
 from tlearn.report.mistakes import mistake_gallery
 
@@ -200,7 +201,8 @@ def calibration_section(report: Report, model: Any, out: Path) -> str:
     path = figures.reliability_diagram(c["reliability_before"], c["reliability_after"],
                                        c["temperature"], out / "reliability.png")  # fmt: skip
     fitted = model.spec.calibration
-    where = (f"fitted on {fitted.get('images')} validation images after training (ECE there "
+    where = (f"fitted on {fitted.get('images')} {fitted_on_text(fitted.get('fitted_on', 'val'))} "
+             "after training (ECE there "
              f"{100 * fitted['ece_before']:.2f}% &rarr; {100 * fitted['ece_after']:.2f}%)"
              if fitted else "none stored in this model file (T = 1)")  # fmt: skip
     applied = "applied to the probabilities" if c["applied"] else "not applied (--no-calibration)"

@@ -112,6 +112,8 @@ class Epochs:
         if state.get("metrics"):
             spec.metrics = dict(state["metrics"])
         self.val_predictions: dict[str, loop.Predictions | None] = {}  # of best and last
+        # predictions the temperature is fitted on beside them (a solved probe's out-of-fold)
+        self.calibration_rows: dict[str, loop.Predictions] = {}
         self.ema = AveragedWeights(cfg.ema)
         self.steps = StepLog(run_dir, cfg.tensorboard, resume=bool(state))
         self.guard = NanGuard()

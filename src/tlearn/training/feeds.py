@@ -136,6 +136,7 @@ def stage_feed(run: Any, prefix: Prefix, pre: Preprocessing, precision: str) -> 
     distributed.shard(loader)
     if cfg.balance == "sampler":
         loader.sample_weights = sample_weights(train.labels, len(splits.classes))
+
     @contextlib.contextmanager
     def after_the_prefix() -> Iterator[None]:
         backbone.after_prefix = prefix  # the network runs from the stored stages on
@@ -231,6 +232,9 @@ def record_solved(run: Any, probe: SolvedProbe) -> None:
     if probe.val is not None:
         val_loader = FeatureLoader(probe.val, 1024, shuffle=False)
         pred = loop.predict_all(head, val_loader, run.device, run.autocast)
+    if probe.held_out is not None:  # the temperature is fitted on these too
+        held_out = loop.Predictions(probe.held_out, probe.train.labels, torch.arange(0), 0.0)
+        run.calibration_rows = dict.fromkeys(("best.safetensors", "last.safetensors"), held_out)
     rows = len(probe.train) * (2 if probe.train.flipped is not None else 1)
     stats = loop.EpochStats(probe.fit.train_loss, rows, probe.seconds)
     run.end_epoch(phase, stats, lambda: pred, None)

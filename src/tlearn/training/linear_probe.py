@@ -26,7 +26,7 @@ from tlearn.preprocessing import Preprocessing
 from tlearn.training.balance import class_weights
 from tlearn.training.build import build_classifier
 from tlearn.training.features import FeatureSet, split_features
-from tlearn.training.solve import ProbeFit, fit_probe
+from tlearn.training.solve import ProbeFit, fit_probe, out_of_fold_logits
 
 Log = Callable[[str], None]
 
@@ -41,6 +41,8 @@ class SolvedProbe:
     val: FeatureSet | None
     seconds: float  # solving, all candidates together
     candidates: list[dict]  # per feature set: its best strength and validation scores
+    # each training row's out-of-fold logits, for the temperature (None: --no-calibration)
+    held_out: torch.Tensor | None = None
 
 
 def resolve_head_fit(cfg: TrainConfig) -> str:
@@ -96,7 +98,25 @@ def solve_probe(
         train = select(train, columns)
         val = select(val, columns) if val is not None else None
     record_choice(Path(cfg.out or "."), chosen, rows, "validation" if val is not None else "cv")
-    return model, taps, SolvedProbe(chosen, fits[chosen], train, val, seconds, rows)
+    probe = SolvedProbe(chosen, fits[chosen], train, val, seconds, rows)
+    if cfg.calibration:
+        probe.held_out = held_out_logits(probe, len(splits.classes), weight, cfg.seed, log)
+    return model, taps, probe
+
+
+def held_out_logits(
+    probe: SolvedProbe, n_classes: int, weight: torch.Tensor | None, seed: int, log: Log
+) -> torch.Tensor:
+    started = time.perf_counter()
+    x, y = probe.train
+    logits = out_of_fold_logits(
+        probe.fit, x, y, probe.train.flipped, n_classes, class_weight=weight, seed=seed
+    )
+    log(
+        f"out-of-fold logits of the {len(y)} training images in "
+        f"{time.perf_counter() - started:.1f}s, for the temperature"
+    )
+    return logits
 
 
 def record_choice(run_dir: Path, chosen: str, rows: list[dict], on: str) -> None:

@@ -3,10 +3,10 @@
 A few minutes of fine-tuning can end below a frozen backbone's solved linear probe (on the
 clothing photos, `--budget 3m` tied the logistic-regression baseline that `tlearn train DIR`
 beats). Where the run stores its frozen stages' outputs, the probe costs one inference pass of
-the top stages over them and L-BFGS on what it gives, at most `SHARE` of the budget together:
-the pass over the training rows is cut short where it would overrun. After the last epoch the run keeps the
-probe when it beats every fine-tuned epoch on validation, so a budget run's model is never worse
-there than the probe.
+the top stages over them and L-BFGS on what it gives, at most `SHARE` of the budget together
+(the pass over the training rows is cut short where it would overrun). After the last epoch the
+run keeps the probe when it beats every fine-tuned epoch on validation, so a budget run's model
+is never worse there than the probe.
 
 The head does not start from the probe's solution (LP-FT, Kumar et al. 2022): on the clothing
 photos at `--budget 3m` that start scored 71.9% validation after the first epoch against 77.4%
@@ -27,11 +27,10 @@ from tlearn.checkpoint import save_model
 from tlearn.files import atomic_write_text
 from tlearn.training import distributed, loop
 from tlearn.training.balance import class_weights
-from tlearn.training.features import FeatureLoader, FeatureSet
+from tlearn.training.features import FeatureSet
 from tlearn.training.hooks import Hook
 from tlearn.training.linear_probe import load_solved_head
 from tlearn.training.solve import ProbeFit, fit_probe
-
 
 SHARE = 0.05  # of the budget, at most, for the whole floor
 # the pooled-features pass may take two thirds of it: solving grows with the rows about as fast

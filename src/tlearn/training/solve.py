@@ -176,3 +176,41 @@ def _best(tried: list[dict]) -> int:
     proper score, moves smoothly to a clear minimum.
     """
     return min(range(len(tried)), key=lambda i: tried[i]["val_loss"])
+
+
+OOF_FOLDS = 5  # folds of the out-of-fold logits a solved probe's temperature is fitted on
+
+
+def out_of_fold_logits(
+    fit: ProbeFit,
+    x: Tensor,
+    y: Tensor,
+    flipped: Tensor | None,
+    num_classes: int,
+    *,
+    class_weight: Tensor | None = None,
+    seed: int = 0,
+    folds: int = OOF_FOLDS,
+) -> Tensor:
+    """Each training row's logits from a fit at `fit`'s strength that never saw it (or its mirror).
+
+    The validation split chose the strength by its loss, which already sets the logits' scale,
+    so a temperature fitted on it alone comes out near 1 and carries its few images' noise. The
+    training rows are many more, and held out fold by fold they are as new to their fit as the
+    validation images are. Each fold starts from `fit`'s solution, so it needs few iterations.
+    """
+    z = (x.float() - fit.mean) / fit.scale
+    mirrored = (flipped.float() - fit.mean) / fit.scale if flipped is not None else None
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    logits = torch.zeros(len(y), num_classes)
+    for held in order.chunk(min(folds, max(2, len(y)))):
+        keep = torch.ones(len(y), dtype=torch.bool)
+        keep[held] = False
+        zk, yk = z[keep], y[keep]
+        if mirrored is not None:
+            zk, yk = torch.cat([zk, mirrored[keep]]), torch.cat([yk, yk])
+        weight, bias, _ = solve_logistic(
+            zk, yk, num_classes, fit.l2, init=(fit.weight, fit.bias), class_weight=class_weight
+        )
+        logits[held] = z[held] @ weight.T + bias
+    return logits

@@ -269,7 +269,9 @@ def finish_run(cfg: TrainConfig, trainer: Epochs, model: Classifier, log: Log) -
     """The end of training: what needs the finished model and its validation predictions."""
     trainer.finish()  # the averaged weights kept, skipped.txt, the step log closed
     if cfg.calibration:  # one temperature per saved model, from its epoch's validation logits
-        trainer.spec.calibration = calibrate_run(trainer.run_dir, trainer.val_predictions, log)
+        trainer.spec.calibration = calibrate_run(
+            trainer.run_dir, trainer.val_predictions, log, trainer.calibration_rows
+        )
         model.temperature = trainer.spec.temperature
     log_conv_tuning(conv_tuning.remove(model), log)
 
