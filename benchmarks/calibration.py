@@ -163,10 +163,11 @@ def markdown(rows: list[dict]) -> str:
         "",
         f"Machine: {platform.processor() or platform.machine()}, {platform.node()}; "
         "today's default training (`tlearn train DATA`: the solved linear probe on frozen "
-        "EfficientNet-Lite0, its features and L2 strength chosen on the validation split, which "
-        "then fits T); ECE on the test split.",
+        "EfficientNet-Lite0, its features and L2 strength chosen on the validation split; T "
+        "fitted on the validation logits and the training images' out-of-fold logits); ECE on "
+        "the test split.",
         "",
-        "| dataset | test images | test accuracy | T (val) | val ECE before -> after | "
+        "| dataset | test images | test accuracy | T (val + out-of-fold) | ECE there before -> after | "
         "test ECE before -> after | test ECE floor | bar (after <= before/2 or < 1.5%) | "
         "equal-mass ECE before -> after (floor) | T on test (ECE with it) |",
         "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
@@ -194,8 +195,10 @@ def markdown(rows: list[dict]) -> str:
         "temperature removes; an ECE after scaling near its floor is as low as the test set can "
         "measure. Equal-mass bins hold as many images each (15 of them), which lowers that "
         "noise. `T on test`: the temperature fitted on the test split itself, the best any "
-        "single temperature could do there; the gap to the `after` column is what fitting T on "
-        "the (small) validation split, the same split that chose the L2 strength, cost.",
+        "single temperature could do there (it minimises the test NLL, not the ECE, so the ECE "
+        "it gives can be higher than before scaling). Before out-of-fold rows joined the fit, T "
+        "came from the validation split alone (the same split that chose the L2 strength): "
+        "sign-digits T 1.016, test ECE 2.83% -> 2.99%; clothing10 T 0.972, 3.65% -> 4.50%.",
     ]
     lines += ["", "Commands (then `tlearn evaluate RUN TEST` for the test columns):", ""]
     lines += [f"- `{r['command']}`; TEST `{r.get('test_data', '')}`" for r in rows]
