@@ -167,8 +167,9 @@ def markdown(rows: list[dict]) -> str:
         "fitted on the validation logits and the training images' out-of-fold logits); ECE on "
         "the test split.",
         "",
-        "| dataset | test images | test accuracy | T (val + out-of-fold) | ECE there before -> after | "
-        "test ECE before -> after | test ECE floor | bar (after <= before/2 or < 1.5%) | "
+        "| dataset | test images | test accuracy | T (val + out-of-fold) | "
+        "ECE there before -> after | test ECE before -> after | test ECE floor | "
+        "bar (after <= before/2 or < 1.5%) | "
         "equal-mass ECE before -> after (floor) | T on test (ECE with it) |",
         "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
