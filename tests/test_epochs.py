@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -9,6 +11,7 @@ import tlearn
 from fast import TINY
 from runs import InterruptingLoss, assert_same_run, metric_rows
 from tlearn.cli import main
+from tlearn.training import loop
 from tlearn.training.interrupt import Interrupted
 from tlearn.training.state import load_state
 
@@ -87,3 +90,37 @@ def test_steps_per_epoch_trains_that_many_steps_and_resumes_the_same(
 def test_steps_per_epoch_must_be_positive(capsys):
     assert main(["train", "x", "--steps-per-epoch", "0"]) == 2
     assert "--steps-per-epoch 0 is out of range" in capsys.readouterr().err
+
+
+def test_train_accuracy_counts_the_hits_of_the_steps_as_trained():
+    """A model that does not move (rate 0): the epoch's train accuracy is its accuracy on the
+    training rows, counted apart; mixed targets count their largest share."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 5, generator=g), torch.arange(40) % 3
+    model = torch.nn.Linear(5, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    batches = [(x[i : i + 8], y[i : i + 8]) for i in range(0, 40, 8)]
+    expected = (model(x).argmax(1) == y).float().mean().item()
+    for readback in (1, 3):
+        stats = loop.train_one_epoch(
+            model, batches, optimizer, scheduler, torch.nn.CrossEntropyLoss(),
+            torch.device("cpu"), contextlib.nullcontext, model.train, readback_every=readback,
+        )  # fmt: skip
+        assert stats.accuracy == pytest.approx(expected)
+    mixed = torch.nn.functional.one_hot(y, 3).float() * 0.7 + 0.1  # mixup-like soft targets
+    soft = [(x[i : i + 8], mixed[i : i + 8]) for i in range(0, 40, 8)]
+    stats = loop.train_one_epoch(
+        model, soft, optimizer, scheduler, torch.nn.CrossEntropyLoss(),
+        torch.device("cpu"), contextlib.nullcontext, model.train,
+    )  # fmt: skip
+    assert stats.accuracy == pytest.approx(expected)
+
+
+def test_metrics_csv_has_the_train_accuracy_of_each_epoch(make_image_folder, tmp_path):
+    data = make_image_folder(n=10)
+    run = tmp_path / "run"
+    tlearn.train(str(data), out=str(run), strategy="finetune", epochs=2, **TINY)
+    rows = metric_rows(run)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert all(0.0 <= float(r["train_accuracy"]) <= 1.0 for r in rows)

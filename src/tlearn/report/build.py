@@ -153,8 +153,8 @@ def training_section(run: Path, out: Path) -> str:
                          "loss and accuracy curves")]  # fmt: skip
     if steps:
         parts.append(html.figure(figures.lr_schedule(steps, out / "lr.png"), "learning rate"))
-    keys = [k for k in ("epoch", "train_loss", "val_loss", "val_accuracy", "images_per_s",
-                        "elapsed_s") if k in epochs[0]]  # fmt: skip
+    keys = [k for k in ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+                        "images_per_s", "elapsed_s") if k in epochs[0]]  # fmt: skip
     parts.append(html.table(keys, [[r.get(k, "") for k in keys] for r in epochs], scroll=True))
     return "".join(parts)
 

@@ -224,9 +224,11 @@ class Epochs:
             self.call("on_epoch_start", run)
             epoch = self.position.epoch
             pos = self.position
-            progress = loop.EpochProgress(pos.step, pos.loss_sum, pos.seen, pos.unused)
+            progress = loop.EpochProgress(
+                pos.step, pos.loss_sum, pos.seen, pos.unused, correct=pos.correct
+            )
             if not distributed.is_main():  # a resumed epoch's sums are rank 0's: count them once
-                progress.loss_sum, progress.seen = 0.0, 0
+                progress.loss_sum, progress.seen, progress.correct = 0.0, 0, 0
             self.progress = progress
             limit = self.epoch_limit(epoch)
             batches = EpochBatches(loader, cfg.seed, epoch, progress.step, limit)
@@ -270,6 +272,7 @@ class Epochs:
         progress = step.progress
         self.position.step, self.position.loss_sum = progress.step, progress.loss_sum
         self.position.seen, self.position.unused = progress.seen, progress.unused
+        self.position.correct = progress.correct
         self.call("after_step", run, step)
         progress.logged.clear()  # every hook has seen the losses read back since the last step
 
@@ -277,9 +280,12 @@ class Epochs:
         """Several processes: the epoch's loss and images over every rank (one: `stats`)."""
         if not distributed.active():
             return stats
-        loss_sum, seen, images = distributed.sum_all(progress.loss_sum, progress.seen, stats.images)
+        loss_sum, seen, images, correct = distributed.sum_all(
+            progress.loss_sum, progress.seen, stats.images, progress.correct
+        )
         seconds = distributed.max_all(stats.seconds)
-        return loop.EpochStats(loss_sum / max(1.0, seen), int(images), seconds, 0)
+        accuracy = correct / seen if seen else None
+        return loop.EpochStats(loss_sum / max(1.0, seen), int(images), seconds, 0, accuracy)
 
     # -- bookkeeping -----------------------------------------------------------------------
 
@@ -312,6 +318,7 @@ class Epochs:
         row = {
             "epoch": epoch,
             "train_loss": round(stats.loss, 5),
+            "train_accuracy": None if stats.accuracy is None else round(stats.accuracy, 5),
             "val_loss": None if val_loss is None else round(val_loss, 5),
             "val_accuracy": None if val_acc is None else round(val_acc, 5),
             "images_per_s": round(stats.images_per_second, 1),
@@ -392,6 +399,7 @@ class Epochs:
         if self.progress is not None:  # the open epoch's losses still on the device
             self.progress.flush()
             self.position.loss_sum, self.position.seen = self.progress.loss_sum, self.progress.seen
+            self.position.correct = self.progress.correct
         check_finite(run.module, self.position.step)
         state = self.capture(run)
         self.try_save(STATE_NAME, lambda: save_state(self.run_dir / STATE_NAME, state))

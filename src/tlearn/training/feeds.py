@@ -236,5 +236,7 @@ def record_solved(run: Any, probe: SolvedProbe) -> None:
         held_out = loop.Predictions(probe.held_out, probe.train.labels, torch.arange(0), 0.0)
         run.calibration_rows = dict.fromkeys(("best.safetensors", "last.safetensors"), held_out)
     rows = len(probe.train) * (2 if probe.train.flipped is not None else 1)
-    stats = loop.EpochStats(probe.fit.train_loss, rows, probe.seconds)
+    hits = probe.fit.logits(probe.train.features).argmax(1) == probe.train.labels
+    accuracy = float(hits.float().mean()) if len(hits) else None
+    stats = loop.EpochStats(probe.fit.train_loss, rows, probe.seconds, accuracy=accuracy)
     run.end_epoch(phase, stats, lambda: pred, None)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from tlearn.progress import bar as progress_bar
-from tlearn.training.step import optimizer_step, training_loss
+from tlearn.training.step import correct_count, loss_and_logits, optimizer_step
 
 
 @dataclass
@@ -26,6 +26,7 @@ class EpochStats:
     images: int
     seconds: float
     skipped: int = 0
+    accuracy: float | None = None  # top-1 on the training batches, as they were trained on
 
     @property
     def images_per_second(self) -> float:
@@ -62,7 +63,9 @@ class EpochProgress:
     loss_sum: float = 0.0
     seen: int = 0
     unused: int = 0  # lone images batch-norm cannot train on (see `train_one_epoch`)
-    pending: list = field(default_factory=list)  # (loss tensor, images, step, lr) not read yet
+    correct: int = 0  # top-1 hits of the steps read back
+    # (loss tensor, correct tensor, images, step, lr) not read yet
+    pending: list = field(default_factory=list)
     logged: list = field(default_factory=list)  # (loss, lr) of steps read, for the step log
 
     def flush(self) -> None:
@@ -73,13 +76,18 @@ class EpochProgress:
         """
         if not self.pending:
             return
-        values = torch.stack([p[0] for p in self.pending]).tolist()
+        n = len(self.pending)
+        read = torch.stack([p[0] for p in self.pending] + [p[1].float() for p in self.pending])
+        values = read.tolist()  # one sync for the losses and the hits together
         pending, self.pending = self.pending, []
-        for value, (_, images, step, lr) in zip(values, pending, strict=True):
+        for value, hits, (_, _, images, step, lr) in zip(
+            values[:n], values[n:], pending, strict=True
+        ):
             if not math.isfinite(value):
                 raise NonFiniteLoss(value, step)
             self.loss_sum += value * images
             self.seen += images
+            self.correct += int(hits)
             self.logged.append((value, lr))
 
     def take_logged(self) -> list[tuple[float, float]]:
@@ -125,11 +133,12 @@ def train_one_epoch(
             progress.unused += len(batch[1])
         elif batch is not None:
             inputs, labels = batch[0].to(device, non_blocking=True), batch[1].to(device)
-            loss = training_loss(model, inputs, labels, loss_fn, autocast)
+            loss, logits = loss_and_logits(model, inputs, labels, loss_fn, autocast)
+            hits = correct_count(logits, labels)
             optimizer_step(loss, optimizer, scaler)
             scheduler.step()
             lr = optimizer.param_groups[0]["lr"]
-            progress.pending.append((loss.detach(), len(labels), progress.step, lr))
+            progress.pending.append((loss.detach(), hits, len(labels), progress.step, lr))
             seen_here += len(labels)
             if len(progress.pending) >= readback_every:
                 progress.flush()
@@ -152,6 +161,7 @@ def train_one_epoch(
         seen_here,
         now() - start,
         skipped,
+        progress.correct / progress.seen if progress.seen else None,
     )
 
 

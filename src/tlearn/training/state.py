@@ -47,6 +47,7 @@ class Position:
     seen: int = 0
     unused: int = 0  # lone images left out of that epoch's steps (batch-norm needs two)
     finished: bool = False
+    correct: int = 0  # top-1 hits of that unfinished epoch's steps
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Position:

@@ -29,10 +29,29 @@ def training_loss(
     autocast: Callable[[], AbstractContextManager],
 ) -> torch.Tensor:
     """The loss of one batch (images go channels-last, as the network's weights are)."""
+    return loss_and_logits(module, inputs, labels, loss_fn, autocast)[0]
+
+
+def loss_and_logits(
+    module: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    autocast: Callable[[], AbstractContextManager],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss of one batch and its logits (the epoch counts its correct predictions)."""
     if inputs.ndim == 4:
         inputs = inputs.contiguous(memory_format=torch.channels_last)
     with autocast():
-        return loss_fn(module(inputs).float(), labels)
+        logits = module(inputs).float()
+        return loss_fn(logits, labels), logits
+
+
+def correct_count(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Top-1 hits of a batch, on the device; mixed (mixup, cutmix) targets count their largest
+    share as the label."""
+    hard = labels if labels.ndim == 1 else labels.argmax(1)
+    return (logits.detach().argmax(1) == hard).sum()
 
 
 def optimizer_step(
