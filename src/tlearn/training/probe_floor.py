@@ -8,9 +8,9 @@ the top stages over them and L-BFGS on what it gives, at most `SHARE` of the bud
 run keeps the probe when it beats every fine-tuned epoch on validation, so a budget run's model
 is never worse there than the probe.
 
-The head does not start from the probe's solution (LP-FT, Kumar et al. 2022): on the clothing
-photos at `--budget 3m` that start scored 71.9% validation after the first epoch against 77.4%
-from a fresh head (benchmarks/results/probe_floor.md).
+The head does not start from the probe's solution (LP-FT, Kumar et al. 2022): with the top
+stages' batch-norms training, the features move in the first steps and the probe's sharp head
+lost more than a fresh one (benchmarks/results/probe_floor.md).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from tlearn.training.solve import ProbeFit, fit_probe
 
 SHARE = 0.05  # of the budget, at most, for the whole floor
 # the pooled-features pass may take two thirds of it: solving grows with the rows about as fast
-# (CIFAR-10 at 128 px: 18,736 rows took 30 s to pass and 19 s to solve)
+# (benchmarks/results/probe_floor.md)
 PASS_SHARE = SHARE * 2 / 3
 
 
