@@ -146,7 +146,7 @@ def stage_feed(run: Any, prefix: Prefix, pre: Preprocessing, precision: str) -> 
             backbone.after_prefix = None
 
     batch = inference_batch_size(run.device, pre.input_size)
-    if run.floor is not None:  # a budget run: the probe first, the head starts from it
+    if run.floor is not None:  # a budget run: its probe floor, solved before the first step
         with after_the_prefix():
             run.floor.start(run, train, val, batch)
     val_loader = None
