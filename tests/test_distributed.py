@@ -148,6 +148,9 @@ def test_a_failed_job_is_one_sentence_naming_the_rank():
     assert isinstance(killed, TlearnError)
     assert str(killed).startswith("rank 1 of 2 was killed by SIGKILL, so the job stopped")
     assert "tlearn train --resume runs/x --nproc 2" in str(killed)
+    # the launcher SIGTERMs the survivors of a killed rank: the killed one is named
+    terminated = job_failure(failed(r0=-15, r1=-9), "runs/x", 2)
+    assert str(terminated).startswith("rank 1 of 2 was killed by SIGKILL")
     crashed = job_failure(failed(r1=1), "runs/x", 2)
     assert "rank 1 of 2 failed with exit code 1" in str(crashed)
     told = job_failure(failed(r0=2, r1=2), "runs/x", 2)  # a TlearnError: rank 0 said it

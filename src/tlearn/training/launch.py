@@ -63,7 +63,10 @@ def launch(cfg: TrainConfig, resume: bool = False) -> Path:
 def job_failure(error: ChildFailedError, run_dir: str, n: int) -> Exception:
     """One sentence for a failed job: the rank that died, or the one that reported an error."""
     failures = error.failures
-    rank = next((r for r, f in sorted(failures.items()) if f.exitcode < 0), None)
+    # a rank killed by a signal; SIGTERM last: the launcher sends it to the survivors of the
+    # rank that died first, and either may be reported first
+    killed = [(f.exitcode == -signal.SIGTERM, r) for r, f in failures.items() if f.exitcode < 0]
+    rank = min(killed)[1] if killed else None
     if rank is None:
         rank = error.get_first_failure()[0]
     failure = failures[rank]
