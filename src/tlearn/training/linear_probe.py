@@ -9,7 +9,6 @@ rebuilt without stage taps when the last features won, so a model file holds wha
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,13 +18,13 @@ import torch
 
 from tlearn.config import TrainConfig
 from tlearn.data import Splits
-from tlearn.files import atomic_write_text
 from tlearn.models import Backbone, Classifier
 from tlearn.models.assemble import feature_width
 from tlearn.preprocessing import Preprocessing
 from tlearn.training.balance import class_weights
 from tlearn.training.build import build_classifier
 from tlearn.training.features import FeatureSet, split_features
+from tlearn.training.plan_file import set_plan_entry
 from tlearn.training.solve import ProbeFit, fit_probe, out_of_fold_logits
 
 Log = Callable[[str], None]
@@ -121,10 +120,8 @@ def held_out_logits(
 
 def record_choice(run_dir: Path, chosen: str, rows: list[dict], on: str) -> None:
     """The candidates and the choice, in plan.json beside a budget plan's (or alone)."""
-    path = run_dir / "plan.json"
-    plan = json.loads(path.read_text()) if path.is_file() else {}
-    plan["head_fit"] = {"method": "lbfgs", "chosen": chosen, "chosen_on": on, "candidates": rows}
-    atomic_write_text(path, json.dumps(plan, indent=1) + "\n")
+    choice = {"method": "lbfgs", "chosen": chosen, "chosen_on": on, "candidates": rows}
+    set_plan_entry(run_dir, "head_fit", choice)
 
 
 def last_columns(

@@ -15,7 +15,6 @@ lost more than a fresh one (benchmarks/results/probe_floor.md).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -24,12 +23,12 @@ import torch
 from torch import nn
 
 from tlearn.checkpoint import save_model
-from tlearn.files import atomic_write_text
 from tlearn.training import distributed, loop
 from tlearn.training.balance import class_weights
 from tlearn.training.features import FeatureSet
 from tlearn.training.hooks import Hook
 from tlearn.training.linear_probe import load_solved_head
+from tlearn.training.plan_file import set_plan_entry
 from tlearn.training.solve import ProbeFit, fit_probe
 
 SHARE = 0.05  # of the budget, at most, for the whole floor
@@ -148,15 +147,16 @@ def record(run_dir: Path, floor: ProbeFloor, best: float, kept: bool) -> None:
     if not distributed.is_main() or floor.fit is None:
         return
     fit = floor.fit
-    path = run_dir / "plan.json"
-    plan = json.loads(path.read_text()) if path.is_file() else {}
-    plan["probe_floor"] = {
-        "val_accuracy": round(float(fit.val_accuracy or 0.0), 5),
-        "val_loss": round(float(fit.val_loss or 0.0), 5),
-        "l2": fit.l2,
-        "training_images": floor.rows,
-        "seconds": round(floor.seconds, 1),
-        "best_fine_tuned_val_accuracy": round(float(best), 5),
-        "kept": "probe" if kept else "fine-tuned",
-    }
-    atomic_write_text(path, json.dumps(plan, indent=1) + "\n")
+    set_plan_entry(
+        run_dir,
+        "probe_floor",
+        {
+            "val_accuracy": round(float(fit.val_accuracy or 0.0), 5),
+            "val_loss": round(float(fit.val_loss or 0.0), 5),
+            "l2": fit.l2,
+            "training_images": floor.rows,
+            "seconds": round(floor.seconds, 1),
+            "best_fine_tuned_val_accuracy": round(float(best), 5),
+            "kept": "probe" if kept else "fine-tuned",
+        },
+    )

@@ -9,13 +9,12 @@ budget refit) is an event appended there (`training/budget/keeper.py`).
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from tlearn.config import TrainConfig
-from tlearn.files import atomic_write_text
+from tlearn.training.plan_file import set_plan_entry
 from tlearn.training.strategies import Phase
 
 INPUT_PATHS = {
@@ -158,7 +157,4 @@ def precision_reason(asked: TrainConfig, found: Resolved) -> str:
 
 def write_run_plan(run_dir: Path, plan: RunPlan) -> None:
     """`run` in plan.json, beside what a budget plan or the solved probe wrote there."""
-    path = Path(run_dir) / "plan.json"
-    record = json.loads(path.read_text()) if path.is_file() else {}
-    record["run"] = plan.to_dict()
-    atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+    set_plan_entry(run_dir, "run", plan.to_dict())
