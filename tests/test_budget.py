@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -23,6 +24,8 @@ from tlearn.training.budget import (
     refit_schedule,
     split_epochs,
 )
+from tlearn.training.budget.plan import REPORT_FIXED_S
+from tlearn.training.budget.probe import report_images
 from tlearn.training.state import load_state
 
 
@@ -399,3 +402,33 @@ def test_larger_sizes_are_extrapolated_from_the_two_smallest_probed():
     noisy = [Throughput(96, 90.0, 300.0), Throughput(128, 100.0, 300.0)]  # larger timed faster
     assert extrapolated(noisy, [256])[0].train_ips == pytest.approx(100.0 / 4)
     assert extrapolated(measured[:1], [160]) == []
+
+
+def test_the_report_after_training_is_inside_the_budget():
+    """report.html scores the held-out images after training: the plan keeps time for it,
+    so the whole command, report included, ends at the budget."""
+    without, planned = make_plan(inputs(600)), make_plan(inputs(600, report_images=10_000))
+    # 10,000 images decoded at 20,000/s and scored at 64 px's 1,300/s, then the figures
+    expected = 10_000 / 20_000 + 10_000 / 1300.0 + REPORT_FIXED_S
+    assert planned.report_s == pytest.approx(expected, abs=0.1)
+    assert without.report_s == 0
+    assert trained_epochs(planned) < trained_epochs(without)  # the report's time is not training
+    assert 0.98 * 600 <= planned.estimated_s <= 600
+    assert any("report.html" in r for r in planned.reasons)
+    assert all("report_s" in c for c in planned.candidates)
+    # the refit to the real speed leaves the report its time too
+    step_s = 128 / 350.0
+    used = 60.0
+    shorter = refit_schedule(planned, step_s, FULL_STEPS, 40, used, 60)
+    longer = refit_schedule(without, step_s, FULL_STEPS, 40, used, 60)
+    assert shorter[0] * (shorter[1] or FULL_STEPS) < longer[0] * (longer[1] or FULL_STEPS)
+
+
+def test_the_report_scores_the_datas_own_test_folder_else_the_validation_split(
+    make_image_folder, tmp_path
+):
+    splits = SimpleNamespace(val=[0] * 5)
+    flat = make_image_folder(root=tmp_path / "flat", n=6)  # split by training: validation
+    assert report_images(TrainConfig(data=str(flat)), splits) == 5
+    split = make_image_folder(root=tmp_path / "split", n=6, layout="split-test")
+    assert report_images(TrainConfig(data=str(split)), splits) == 2 * 3  # test/: 3 a class

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,8 @@ from tlearn.checkpoint import ModelSpec, read_model_file, resolve_model_path, sa
 from tlearn.config import TrainConfig, read_config_file
 from tlearn.data import (
     BUILTIN_DATASETS,
-    builtin_name,
     default_workers,
+    has_held_out_part,
     image_loader,
     load_eval_source,
     locate_builtin,
@@ -232,6 +233,7 @@ def run_report(run: str | Path, log: Any = print, data: str | None = None) -> Pa
 
     A run that trained but cannot be scored (no held-out images) says why and keeps its files.
     """
+    started = time.perf_counter()
     model = load(run)
     cfg = model.spec.config
     try:
@@ -250,7 +252,7 @@ def run_report(run: str | Path, log: Any = print, data: str | None = None) -> Pa
     except TlearnError as e:
         log(f"report not written: {e}")
         return None
-    log(f"report {path}")
+    log(f"report {path} ({time.perf_counter() - started:.0f}s)")
     if cfg.get("tensorboard"):
         from tlearn.report.tensorboard import log_report
 
@@ -264,8 +266,7 @@ def validation_source(config: dict[str, Any]) -> Any:
     A folder of class folders, or a CSV, is split by training; evaluating "it" would score the
     training images too, so a run's report scores the images training held out.
     """
-    spec = str(config.get("data", ""))
-    if builtin_name(spec) is not None or (Path(spec) / "train").is_dir():
+    if has_held_out_part(str(config.get("data", ""))):
         return None
     return load_run_splits(TrainConfig.from_dict(dict(config))).val
 

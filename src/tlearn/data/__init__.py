@@ -22,6 +22,7 @@ from tlearn.data.loaders import default_workers, image_loader
 from tlearn.data.sources import ArraySource, CsvSource, FolderSource, ImageSource, SubsetSource
 from tlearn.data.splits import (
     Splits,
+    has_held_out_part,
     load_eval_source,
     load_train_splits,
     stratified_indices,
@@ -66,6 +67,7 @@ __all__ = [
     "find_unreadable",
     "fits_in_memory",
     "load_builtin",
+    "has_held_out_part",
     "load_eval_source",
     "load_train_splits",
     "locate_builtin",

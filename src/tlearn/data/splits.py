@@ -98,6 +98,13 @@ def _validation_origin(
     return f"{origin}, {len(val)} images{test_left}"
 
 
+def has_held_out_part(spec: str) -> bool:
+    """Whether a spec holds images of its own kept from training: a built-in dataset's test
+    split, or `test/` (or `val/`) beside `train/`. Other folders and CSVs are split by training,
+    so their held-out images are the run's validation split."""
+    return builtin_name(spec) is not None or (Path(spec) / "train").is_dir()
+
+
 def load_eval_source(
     spec: str,
     *,

@@ -55,6 +55,11 @@ class BudgetKeeper(Hook):
         self.first_steps = FirstSteps()  # timed for the refit to the real speed
         self.lengths: dict[str, int | None] | None = None  # after the latest refit
 
+    @property
+    def report_s(self) -> float:
+        """What the planned report.html after training needs of the budget."""
+        return self.plan.report_s if self.plan is not None else 0.0
+
     def state_dict(self) -> dict | None:
         if self.budget_s is None:
             return None
@@ -83,7 +88,7 @@ class BudgetKeeper(Hook):
             now, then = run.size_of(row["epoch"] - 1), run.size_of(row["epoch"])
             full = run.full_size
             last *= progressive.relative_cost(then, full) / progressive.relative_cost(now, full)
-        next_end = used + last
+        next_end = used + last + self.report_s
         if next_end > BUDGET_OVERRUN * self.budget_s:
             return (
                 f"another epoch would end near {next_end:.0f}s, past the "
@@ -151,7 +156,8 @@ class BudgetKeeper(Hook):
         done = loop.position.epoch
         step_s = stats.seconds / max(1, loop.epoch_steps(loader, done - 1))
         other_s = max(0.0, loop.clock.now() - loop.epoch_started - stats.seconds) + 1.0
-        left = self.budget_s * SAFETY - FIXED_OVERHEAD_S - (loop.setup_s + loop.elapsed())
+        used = loop.setup_s + loop.elapsed()
+        left = self.budget_s * SAFETY - FIXED_OVERHEAD_S - self.report_s - used
         planned_left = cfg.epochs - done
         last_planned = loop.epoch_steps(loader, cfg.epochs - 1)
         full = loop.epoch_steps(loader)

@@ -18,17 +18,17 @@ the only augmentation (`tlearn.training.prefix_cache`), so each epoch computes o
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tlearn.config import TrainConfig
-from tlearn.files import atomic_write_text
+from tlearn.training.plan_file import update_plan, write_plan
 
 SAFETY = 1.0  # plan to end at the budget; timing noise may overrun it by a few % (the issue: 10%)
 FIXED_OVERHEAD_S = 4.0  # writing model files, building loaders, the end-of-run summary
+REPORT_FIXED_S = 10.0  # report.html besides scoring its images: figures, the Grad-CAM gallery
 EPOCH_OVERHEAD_S = 3.0  # per epoch: saving last/best and state.pt (optimizer state included)
 # Real epoch time over the probe's (steps at the run's batch size): measured 426 vs 435 img/s
 # for Lite0 at 64 px; data batches, validation and saving are counted separately.
@@ -87,6 +87,7 @@ class PlanInputs:
     throughputs: list[Throughput]
     decode_ips: float  # images/s of decoding the data once
     frozen_stages: int = 0  # early stages kept frozen when fine-tuning (throughputs measured so)
+    report_images: int = 0  # held-out images report.html scores after training (0: no report)
 
 
 def early_stages(stage_sizes: list[int], share: float = EARLY_STAGE_SHARE) -> int:
@@ -121,6 +122,8 @@ class Plan:
     steps_per_epoch: int | None = None
     # the options the user gave, which the plan did not change (`apply_plan`)
     kept: list[str] = field(default_factory=list)
+    # report.html after training, inside the budget: the keeper's refits leave it this much
+    report_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -236,14 +239,34 @@ def make_plan(inputs: PlanInputs) -> Plan:
     candidates, best = weigh_candidates(inputs, available)
     if best is None:  # nothing fits: the cheapest probe, and say so
         t = min(inputs.throughputs, key=lambda t: t.image_size)
-        best = {"kind": "linear-probe", "size": t.image_size, "epochs": 0, "s": n_all / t.infer_ips}
+        best = {
+            "kind": "linear-probe", "size": t.image_size, "epochs": 0, "s": n_all / t.infer_ips,
+            "report_s": report_seconds(inputs, t),
+        }  # fmt: skip
         reasons.append(
             "even frozen features at the smallest size exceed the budget: the run will stop "
             "when the budget is spent"
         )
-    if best["kind"] == "linear-probe":
-        return probe_plan(inputs, best, decode_s, reasons, candidates)
-    return finetune_plan(inputs, best, decode_s, reasons, candidates)
+    if best["report_s"]:
+        reasons.append(
+            f"~{best['report_s']:.0f}s kept for report.html after training (scoring "
+            f"{inputs.report_images} held-out images at {best['size']}px, and its figures)"
+        )
+    plan = (probe_plan if best["kind"] == "linear-probe" else finetune_plan)(
+        inputs, best, decode_s, reasons, candidates
+    )
+    plan.report_s = round(best["report_s"], 1)
+    plan.estimated_s = round(plan.estimated_s + plan.report_s, 1)
+    return plan
+
+
+def report_seconds(inputs: PlanInputs, t: Throughput) -> float:
+    """report.html's time after training at `t`'s size: decoding and scoring the held-out
+    images, then its figures. The budget counts it, so `--budget 10m` ends in 10 minutes."""
+    if not inputs.report_images:
+        return 0.0
+    n = inputs.report_images
+    return n / max(inputs.decode_ips, 1e-9) + n / max(t.infer_ips, 1e-9) + REPORT_FIXED_S
 
 
 def weigh_candidates(inputs: PlanInputs, available: float) -> tuple[list[dict], dict | None]:
@@ -252,10 +275,12 @@ def weigh_candidates(inputs: PlanInputs, available: float) -> tuple[list[dict], 
     candidates = []
     best: tuple[float, dict] | None = None
     for t in sorted(inputs.throughputs, key=lambda t: t.image_size):
-        epochs, epoch_s, once_s, other_s = epochs_at(t, inputs, available, stored=False)
+        report_s = report_seconds(inputs, t)
+        left = available - report_s
+        epochs, epoch_s, once_s, other_s = epochs_at(t, inputs, left, stored=False)
         if t.stored_train_ips and t.prefix_ips:
             # a run with flips only stores them (the trainer decides so): plan what it will do
-            stored = epochs_at(t, inputs, available, stored=True)
+            stored = epochs_at(t, inputs, left, stored=True)
             if stored[0] <= AUGMENT_EPOCHS:
                 epochs, epoch_s, once_s, other_s = stored
         probe_s = PROBE_TO_EPOCH * n_all / t.infer_ips + 2 * EPOCH_OVERHEAD_S
@@ -268,17 +293,21 @@ def weigh_candidates(inputs: PlanInputs, available: float) -> tuple[list[dict], 
             "frozen_stages_once_s": round(once_s, 1),
             "epochs_that_fit": round(epochs, 2),
             "probe_s": round(probe_s, 1),
+            "report_s": round(report_s, 1),
         }
         candidates.append(row)
         if epochs >= 1:
             err = expected_error(t.image_size, epochs, inputs.backbone_size, probe=False)
             option = {
                 "kind": "finetune", "size": t.image_size, "epochs": epochs, "s": epoch_s,
-                "once_s": once_s, "other_s": other_s,
+                "once_s": once_s, "other_s": other_s, "report_s": report_s,
             }  # fmt: skip
-        elif probe_s <= available:
+        elif probe_s <= left:
             err = expected_error(t.image_size, 0, inputs.backbone_size, probe=True)
-            option = {"kind": "linear-probe", "size": t.image_size, "epochs": 0, "s": probe_s}
+            option = {
+                "kind": "linear-probe", "size": t.image_size, "epochs": 0, "s": probe_s,
+                "report_s": report_s,
+            }  # fmt: skip
         else:
             continue
         if best is None or err < best[0]:
@@ -399,7 +428,7 @@ def refit_schedule(
     this project's reference machine, is a whole epoch of a 10-minute budget. Fractions of an
     epoch absorb it, where whole epochs would overrun or drop one.
     """
-    left = plan.budget_s * SAFETY - FIXED_OVERHEAD_S - used_s
+    left = plan.budget_s * SAFETY - FIXED_OVERHEAD_S - plan.report_s - used_s
     for epochs in range(1, cap + 1):
         total = steps_done + (left - epochs * plan.epoch_other_s) / step_s
         if total <= epochs * full_steps:
@@ -484,7 +513,7 @@ def save_plan(run_dir: Path, plan: Plan, cfg: TrainConfig) -> None:
             "head", "augment", "schedule",
         )
     }}  # fmt: skip
-    atomic_write_text(Path(run_dir) / "plan.json", json.dumps(record, indent=1) + "\n")
+    write_plan(run_dir, record)
 
 
 def append_event(run_dir: Path, event: dict[str, Any]) -> None:
@@ -493,7 +522,4 @@ def append_event(run_dir: Path, event: dict[str, Any]) -> None:
     plan.json and config.yaml are written once, before training; what changes later is an
     event here and the budget keeper's resume state, so neither file is rewritten mid-run.
     """
-    path = Path(run_dir) / "plan.json"
-    record = json.loads(path.read_text()) if path.is_file() else {}
-    record.setdefault("events", []).append(event)
-    atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+    update_plan(run_dir, lambda record: record.setdefault("events", []).append(event))

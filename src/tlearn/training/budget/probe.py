@@ -16,6 +16,8 @@ from typing import Any
 import torch
 
 from tlearn.config import DEFAULT_BATCH_SIZE, TrainConfig, parse_duration
+from tlearn.data import has_held_out_part, load_eval_source
+from tlearn.errors import TlearnError
 from tlearn.models import create_backbone
 from tlearn.models.prefix import frozen_prefix
 from tlearn.training.budget.clock import Clock
@@ -189,6 +191,20 @@ def native_size(source: Any) -> int | None:
     return min(width, height)
 
 
+def report_images(cfg: TrainConfig, splits: Any) -> int:
+    """How many images the report after training scores: the data's own held-out part, or
+    else the validation split (`tlearn.api.run_report`)."""
+    if not has_held_out_part(str(cfg.data)):
+        return len(splits.val) if splits.val is not None else 0
+    try:
+        held_out = load_eval_source(
+            str(cfg.data), data_root=cfg.data_root, eval_limit=cfg.eval_limit, seed=cfg.seed
+        )
+    except TlearnError:
+        return 0  # the report will say why it cannot score; training is not the place
+    return len(held_out)
+
+
 def plan_run(
     cfg: TrainConfig,
     splits: Any,
@@ -263,6 +279,7 @@ def plan_run(
         throughputs=throughputs,
         decode_ips=20_000.0 if in_memory else 600.0 * cores,
         frozen_stages=frozen_stages,
+        report_images=report_images(cfg, splits),
     )
     plan = make_plan(inputs)
     log_plan(cfg.budget, plan, inputs, (train_precision, precision), device, log)
