@@ -93,6 +93,9 @@ def test_default_linear_probe_run_is_solved(make_image_folder, tmp_path):
     assert any("head solved (L-BFGS)" in line for line in lines)
     assert sum("linear head on" in line for line in lines) == 2  # last and stage features
     assert len(rows(out)) == 1
+    # the epoch took the solve's time (the report's "training took"), not the 0 s after it
+    solved_s = float(next(x for x in lines if "head solved" in x).split(" in ")[1].split("s")[0])
+    assert float(rows(out)[0]["elapsed_s"]) >= solved_s - 0.05
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["head_fit"] == "lbfgs" and config["epochs"] == 1
     assert config["features"] in ("last", "stages")
