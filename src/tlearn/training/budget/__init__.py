@@ -1,7 +1,7 @@
 """`--budget`: plan a run to fit its time, then keep it inside while it trains.
 
-- `plan`: the pure arithmetic (no torch, no clock): measured numbers in, a `Plan` out, and the
-  refits of a running plan (`refit_schedule`, `fit_remaining`);
+- `plan`: the pure arithmetic (no torch, no clock): measured numbers in, a `Plan` out;
+- `refit`: the same arithmetic for the refits of a running plan (`refit_schedule`, `fit_remaining`);
 - `probe`: the few seconds of timed steps of the real network that feed the plan;
 - `clock`: the clock a budget is read from (a `FakeClock` in tests);
 - `keeper`: the training hook that refits the schedule to the real speed and stops in time.
@@ -26,14 +26,13 @@ from tlearn.training.budget.plan import (
     candidate_sizes,
     early_stages,
     expected_error,
-    fit_remaining,
     make_plan,
     max_epochs,
-    refit_schedule,
     save_plan,
     split_epochs,
 )
 from tlearn.training.budget.probe import measure_throughput, plan_run
+from tlearn.training.budget.refit import fit_remaining, refit_schedule
 
 __all__ = [
     "FIXED_OVERHEAD_S",

@@ -16,10 +16,9 @@ from tlearn.training.budget import (
     SAFETY,
     Plan,
     append_event,
-    fit_remaining,
     max_epochs,
-    refit_schedule,
 )
+from tlearn.training.budget.refit import fit_remaining, refit_schedule
 from tlearn.training.first_steps import FirstSteps
 from tlearn.training.hooks import EpochEnd, Hook, Step
 from tlearn.training.order import EpochBatches, batches_per_epoch
