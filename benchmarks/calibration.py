@@ -42,6 +42,14 @@ DATASETS = {
     "fashion-mnist": ("fashion-mnist", "fashion-mnist", {"train_limit": 6000}),
     # 10,000 test images: the one photo set here whose ECE is measurable to a fraction of a point
     "cifar10": ("/work/data/cifar10", "/work/data/cifar10", {"train_limit": 6000}),
+    # fine-tuned in a budget, where a network's confidence drifts furthest from its accuracy
+    "sign-digits-budget3m": (
+        "/work/data/sign-digits/train",
+        "/work/data/sign-digits/test",
+        {"budget": "3m"},
+    ),
+    "clothing10-budget3m": ("/work/data/clothing10", "/work/data/clothing10", {"budget": "3m"}),
+    "cifar10-budget5m": ("/work/data/cifar10", "/work/data/cifar10", {"budget": "5m"}),
 }
 BINS = 15
 
@@ -167,7 +175,9 @@ def markdown(rows: list[dict]) -> str:
         "today's default training (`tlearn train DATA`: the solved linear probe on frozen "
         "EfficientNet-Lite0, its features and L2 strength chosen on the validation split; T "
         "fitted on the validation logits and the training images' out-of-fold logits); ECE on "
-        "the test split.",
+        "the test split. Rows named `-budgetNm`: `tlearn train DATA --budget Nm`, a network "
+        "fine-tuned in the budget (T fitted on the validation logits alone: there are no "
+        "out-of-fold ones).",
         "",
         "| dataset | test images | test accuracy | T (val + out-of-fold) | "
         "ECE there before -> after | test ECE before -> after | test ECE floor | "

@@ -133,3 +133,37 @@ def test_fastai_compare_reads_an_image_folder(make_image_folder):
     assert items["classes"] == ["a", "b"] and len(items["test_items"]) == 4
     assert all(items["get_y"](p) == p.parent.name for p in items["test_items"])
     assert not set(items["test_items"]) & set(items["train_items"])
+
+
+@pytest.mark.slow
+def test_fusion_bench_scores_singles_fusion_and_ensembles(tmp_path, make_image_folder, monkeypatch):
+    fusion = _load("fusion")
+    monkeypatch.setattr(fusion, "RESULTS", tmp_path / "results")
+    (tmp_path / "results").mkdir()
+    row = {"name": "a", "backbones": ["a"], "fusion": "concat", "accuracy": 0.5,
+           "train_seconds": 1.0, "images_per_second": 1.0, "parameters": 1, "test_images": 2,
+           "run_dir": "r"}  # fmt: skip
+    old = {"command": "c", "rows": [row], "gain_over_best_single_points": 1.27,
+           "options": {"head": "mlp"}, "machine": {"cpu_count": 2}}  # fmt: skip
+    (tmp_path / "results" / "fusion.json").write_text(json.dumps(old))
+    data = make_image_folder(classes=("cat", "dog"), n=4, layout="split-test")
+    code = fusion.main(["--data", str(data), "--name", "tiny", "--backbone", "resnet18",
+                        "--backbone", "tf_efficientnet_lite0", "--weights", "none",
+                        "--image-size", "32", "--head", "linear", "--epochs", "1",
+                        "--out", str(tmp_path / "runs")])  # fmt: skip
+    assert code == 0
+    records = json.loads((tmp_path / "results" / "fusion.json").read_text())
+    assert set(records) == {"fashion-mnist (64px, mlp head, 10 epochs)", "tiny"}
+    rows = records["tiny"]["rows"]
+    assert [r["name"] for r in rows] == [
+        "resnet18", "tf_efficientnet_lite0", "fusion concat",
+        "ensemble, equal weights", "ensemble, weights fitted on val",
+    ]  # fmt: skip
+    assert all(r["test_images"] == 4 for r in rows)  # each scored on test/
+    best = max(r["accuracy"] for r in rows[:2])
+    gains = records["tiny"]["gain_over_best_single_points"]
+    assert gains["fusion concat"] == round(100 * (rows[2]["accuracy"] - best), 2)
+    assert set(gains) == {r["name"] for r in rows[2:]}
+    text = (tmp_path / "results" / "fusion.md").read_text()
+    assert "## tiny" in text and "| ensemble, equal weights |" in text
+    assert "fusion concat +1.27 points" in text  # the older record, kept
