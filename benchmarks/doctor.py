@@ -30,6 +30,7 @@ from PIL import Image
 import tlearn
 
 RESULTS = Path(__file__).resolve().parent / "results"
+COPY_KINDS = ("duplicate", "near-duplicate", "conflict", "leak")
 
 
 def inject(root: Path, seed: int) -> dict:
@@ -103,14 +104,20 @@ def truth_from_names(noisy: Path, clean: Path) -> dict:
     return truth
 
 
+def reported_pairs(rows: list[dict], root: Path | None = None) -> set[frozenset]:
+    """The copy pairs the doctor reported; with `root`, as paths relative to it."""
+    name = (lambda p: str(Path(p).relative_to(root))) if root else str  # noqa: E731
+    return {
+        frozenset((name(r["file"]), name(rel))) for r in rows if r["kind"] in COPY_KINDS
+        for rel in r["related"].split(";") if rel
+    }  # fmt: skip
+
+
 def score(rows: list[dict], truth: dict) -> dict:
     kinds = {}
     for r in rows:
         kinds.setdefault(r["kind"], []).append(r)
-    pairs = {
-        frozenset((r["file"], rel)) for r in rows if r["kind"] in ("duplicate", "near-duplicate",
-        "conflict", "leak") for rel in r["related"].split(";") if rel
-    }  # fmt: skip
+    pairs = reported_pairs(rows)
     corrupt = {r["file"] for k in ("unreadable", "truncated", "empty") for r in kinds.get(k, [])}
     out = {"reported": {k: len(v) for k, v in kinds.items()}}
     out["corrupt_recall"] = np.mean([f in corrupt for f in truth["corrupt"]])
@@ -134,9 +141,6 @@ def score(rows: list[dict], truth: dict) -> dict:
     return {k: (float(v) if isinstance(v, np.floating) else v) for k, v in out.items()}
 
 
-COPY_KINDS = ("duplicate", "near-duplicate", "conflict", "leak")
-
-
 def unmodified(clean: Path, args) -> dict:
     """Copy findings on the untouched data: every one a false alarm, or a copy it already had."""
     out = Path(args.work) / "doctor-clean"
@@ -144,12 +148,55 @@ def unmodified(clean: Path, args) -> dict:
                            out=out, folds=0, log=lambda s: None)  # fmt: skip
     with open(out / "issues.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["kind"] in COPY_KINDS]
-    pairs = {frozenset((r["file"], rel)) for r in rows for rel in r["related"].split(";") if rel}
+    pairs = reported_pairs(rows)
     exact = {frozenset((r["file"], r["related"])) for r in rows if r["detail"].startswith("exact")}
     return {
         "rows": {k: sum(r["kind"] == k for r in rows) for k in COPY_KINDS},
         "pairs": len(pairs), "exact_pairs": len(exact),
         "threshold": _threshold(result.threshold),
+        "pair_paths": sorted(sorted(p) for p in reported_pairs(rows, clean)),
+    }  # fmt: skip
+
+
+def preexisting_sheet(rows: list[dict], truth: dict, target: Path, n: int = 48) -> None:
+    """The reported pairs that were not injected, side by side, evenly over their scores."""
+    from PIL import ImageDraw
+
+    injected = {frozenset(p) for k in ("exact", "near", "leak") for p in truth[k]}
+    found = sorted(
+        (float(r["score"]), r["file"], rel, r["kind"]) for r in rows if r["kind"] in COPY_KINDS
+        for rel in r["related"].split(";") if rel and frozenset((r["file"], rel)) not in injected
+    )  # fmt: skip
+    if not found:
+        return
+    side, cols = 64, 8
+    picked = [found[i] for i in np.unique(np.linspace(0, len(found) - 1, n).astype(int))]
+    size = (cols * (2 * side + 8), -(-len(picked) // cols) * (side + 14))
+    sheet = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(sheet)
+    for k, (similarity, a, b, kind) in enumerate(picked):
+        x, y = (k % cols) * (2 * side + 8), (k // cols) * (side + 14)
+        for dx, path in ((0, a), (side, b)):
+            sheet.paste(Image.open(path).convert("RGB").resize((side, side)), (x + dx, y))
+        draw.text((x, y + side), f"{similarity:.2f} {kind}", fill="black")
+    sheet.save(target)
+
+
+def preexisting_share(rows: list[dict], truth: dict, noisy: Path, before: list) -> dict:
+    """Of the reported pairs that were not injected: how many the untouched data has too.
+
+    Those are copies the dataset already held (CIFAR-10 has many: Barz & Denzler 2020) or the
+    same false alarm twice; the rest are new, made by the injection. Judging the former needs
+    eyes: `benchmarks/results/doctor-not-injected-NAME.png` shows a sample.
+    """
+    injected = {frozenset(p) for k in ("exact", "near", "leak") for p in truth[k]}
+    old = {frozenset(p) for p in before}
+    others = [p for p in reported_pairs(rows) if p not in injected]
+    relative = [frozenset(str(Path(f).relative_to(noisy)) for f in p) for p in others]
+    seen = sum(p in old for p in relative)
+    return {
+        "pairs_not_injected": len(others), "of_them_in_untouched_data": seen,
+        "false_alarm_share_new_only": (len(others) - seen) / max(len(reported_pairs(rows)), 1),
     }  # fmt: skip
 
 
@@ -238,6 +285,11 @@ def main() -> int:
         **score(rows, truth),
     }  # fmt: skip
     record["unmodified"] = unmodified(clean, args)
+    record["preexisting"] = preexisting_share(
+        rows, truth, noisy, record["unmodified"].pop("pair_paths")
+    )
+    RESULTS.mkdir(exist_ok=True)
+    preexisting_sheet(rows, truth, RESULTS / f"doctor-not-injected-{Path(args.data).name}.png")
     if not args.no_train:
         scored = {  # the noisy runs first: their features are the doctor's, from the cache
             "noisy": train_and_score(noisy, work / "run-noisy", None, args),
@@ -347,7 +399,16 @@ def markdown(r: dict) -> str:
         "",
         f"Duplicate pairs reported: {r['duplicate_pairs_reported']}, of which "
         f"{r['duplicate_false_alarm_share']:.0%} are not injected ones (target <= 10%; a pair "
-        "already in the original data counts here as a false alarm). Flipped labels found "
+        "already in the original data counts here as a false alarm)"
+        + (
+            f"; {r['preexisting']['of_them_in_untouched_data']} of the "
+            f"{r['preexisting']['pairs_not_injected']} not injected are reported on the "
+            "untouched data too (copies it already held, or the same false alarm twice), so "
+            f"{r['preexisting']['false_alarm_share_new_only']:.0%} are new ones"
+            if "preexisting" in r
+            else ""
+        )
+        + ". Flipped labels found "
         f"anywhere in the list: {r['flip_recall_all']:.0%}; suggested label right for "
         f"{r['flip_suggestion_correct']:.0%} of those found. Reported per kind: {r['reported']}.",
     ]

@@ -264,3 +264,38 @@ def test_missing_extra_is_one_sentence(monkeypatch, faulty):
     root, _ = faulty
     with pytest.raises(TlearnError, match=r"pip install 'tlearn\[doctor\]'"):
         tlearn.doctor(str(root), **FAST)
+
+
+def test_the_distinct_tail_of_a_large_dataset_comes_from_differently_labelled_pairs():
+    """The bulk of the distinct pairs (median and spread) misses their tail of look-alikes,
+    which grows with the data: with enough differently labelled pairs, the threshold sits
+    above all but one in a thousand of them; on small data their tail is noise and is left."""
+    rng = np.random.default_rng(0)
+    copies = np.tanh(rng.normal(1.2, 0.1, 64))
+    distinct = np.tanh(rng.normal(0.25, 0.05, 5000))  # bulk ends near tanh(0.45) = 0.42
+    cross = np.tanh(np.concatenate([rng.normal(0.25, 0.05, 4900), rng.uniform(0.6, 0.7, 100)]))
+    bulk = dup.calibrate(copies, distinct)
+    tail = dup.calibrate(copies, distinct, cross)
+    assert bulk.distinct_to < 0.45
+    assert tail.distinct_to > 0.6  # 100 of the 5,000 cross pairs sit at 0.6-0.7
+    assert (cross > tail.similarity).mean() <= dup.CROSS_CLASS_TAIL
+    assert tail.separated and tail.similarity < bulk.copies_from
+    few = dup.calibrate(copies, distinct, cross[: dup.CROSS_CLASS_MIN - 1])
+    assert few.distinct_to == bulk.distinct_to
+
+
+def test_two_train_copies_of_a_test_picture_are_leaks_and_a_pair():
+    """CIFAR-10 holds such groups: an exact copy made of a train image that is itself in test/
+    was reported only as two leaks, never as the duplicate pair it also is."""
+    from tlearn.doctor.groups import duplicate_findings
+    from tlearn.doctor.inputs import Catalog
+
+    paths = ["train/a/x.png", "train/a/copy_of_x.png", "train/a/other.png", "test/a/x.png"]
+    catalog = Catalog(["a"], ["train", "test"], [], np.array([0, 0, 0, 1]),
+                      np.array([0, 1, 2, 0]), np.zeros(4, dtype=np.int64), paths)  # fmt: skip
+    found = duplicate_findings(catalog, [[0, 1]], [(0, 3, 0.97)], ["d", "d", "e", "f"])
+    assert {(f.kind, f.file, tuple(f.related)) for f in found} == {
+        ("leak", "train/a/x.png", ("test/a/x.png", "train/a/copy_of_x.png")),
+        ("leak", "train/a/copy_of_x.png", ("test/a/x.png", "train/a/x.png")),
+    }
+    assert all(f.detail.startswith("exact copy") for f in found)  # exact to its train peer

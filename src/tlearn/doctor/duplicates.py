@@ -11,6 +11,13 @@ data's own nearest pairs, nearly all distinct images, say how alike two differen
 this data can look. The threshold sits halfway between where the copies begin and where the
 distinct pairs end; a fixed number would be right for one kind of photo only. The benchmark
 (`benchmarks/doctor.py`) measures recall and false alarms with it on real data.
+
+Where the distinct pairs end is read two ways, and the higher wins. Their bulk (median and
+spread) ignores the data's own copies in the tail, but also the tail of distinct look-alikes,
+which grows with the data: two different 32-px CIFAR frogs can match as well as a halved copy.
+Pairs of differently labelled images are nearly all distinct pictures, so on a large dataset
+the similarity that only one in a thousand of them reach bounds the distinct tail from data
+that holds few copies.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ from tlearn.doctor import pixels
 NEIGHBOURS = 5  # candidates per image in each of the two spaces
 CALIBRATION_KEEP = 0.97  # where the copies begin: the similarity 97% of generated copies reach
 DISTINCT_SPREAD = 4.0  # where distinct pairs end: robust deviations above their median
+CROSS_CLASS_TAIL = 0.001  # the share of differently labelled nearest pairs above the threshold
+CROSS_CLASS_MIN = 2000  # images with a differently labelled candidate: below, that tail is noise
 _BLOCK = 2048  # rows per block of the similarity matrix
 _PROJECT_ABOVE = 20_000  # items; more are compared in a 128-dim PCA projection (O(N^2) search)
 
@@ -70,7 +79,7 @@ class Threshold:
 
     similarity: float
     copies_from: float  # the similarity CALIBRATION_KEEP of the generated copies reach
-    distinct_to: float  # the end of the data's distinct pairs (median + DISTINCT_SPREAD dev.)
+    distinct_to: float  # the end of the data's distinct pairs (see `calibrate`)
     copies: int  # generated copies it was calibrated on
     copy_scores: list[float]  # their similarities (for the benchmark and the page)
 
@@ -80,18 +89,25 @@ class Threshold:
         return self.copies_from > self.distinct_to
 
 
-def calibrate(copy_scores: np.ndarray, distinct_best: np.ndarray) -> Threshold:
+def calibrate(
+    copy_scores: np.ndarray, distinct_best: np.ndarray, cross_best: np.ndarray | None = None
+) -> Threshold:
     """Halfway (on the atanh scale) between the copies' start and the distinct pairs' end.
 
     `copy_scores`: similarity of each generated copy to its original. `distinct_best`: each
     image's best similarity among its candidates (exact copies left out). A few real copies in
     the data sit in the latter's tail; median and median absolute deviation ignore them.
+    `cross_best`: the same among candidates with another label; where there are enough, the
+    distinct pairs end no lower than their `1 - CROSS_CLASS_TAIL` quantile.
     """
     zc, zd = _fisher(copy_scores), _fisher(distinct_best)
     copies_from = float(np.quantile(zc, 1 - CALIBRATION_KEEP))
     median = float(np.median(zd)) if len(zd) else 0.0
     spread = 1.4826 * float(np.median(np.abs(zd - median))) if len(zd) else 0.0
     distinct_to = median + DISTINCT_SPREAD * spread
+    if cross_best is not None and len(cross_best) >= CROSS_CLASS_MIN:
+        tail = float(np.quantile(_fisher(cross_best), 1 - CROSS_CLASS_TAIL))
+        distinct_to = max(distinct_to, tail)
     z = (copies_from + distinct_to) / 2 if copies_from > distinct_to else distinct_to
     return Threshold(
         float(np.tanh(z)), float(np.tanh(copies_from)), float(np.tanh(distinct_to)),

@@ -3,8 +3,9 @@
 Within a split one copy of each group is kept (the first by path) and the others are listed;
 copies with different labels are all listed (one of the labels is wrong, and the doctor cannot
 tell which). A copy in an earlier split of an image of a later one (train before val before
-test) is leakage: the earlier copy is listed, so the held-out split stays as it was and keeps
-measuring what it should.
+test) is leakage: the earlier copy is listed (with the later copies and its own split's other
+copies as related files), so the held-out split stays as it was and keeps measuring what it
+should.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ def _group_findings(catalog: Catalog, group: list[int], score, digests) -> list[
     leaked = [i for i in order if int(catalog.split[i]) < last_split]
     for i in leaked:
         later = [j for j in order if int(catalog.split[j]) > int(catalog.split[i])]
-        out.append(_finding(catalog, "leak", i, later, score, digests))
+        # its copies in its own split too: two train files of one test picture are also a pair
+        peers = [j for j in leaked if j != i and catalog.split[j] == catalog.split[i]]
+        out.append(_finding(catalog, "leak", i, later + peers, score, digests))
     rest = [i for i in order if int(catalog.split[i]) == last_split]
     if len(rest) < 2:
         return out

@@ -142,9 +142,12 @@ def _near_copies(catalog, checks, feats, rows, digests, seed):
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(rows), min(CALIBRATION_IMAGES, len(rows)), replace=False)
     copies = np.stack([pixels.grey_base(dup.make_copy(_load(catalog, rows[r]), rng)) for r in pick])
+    labels = catalog.labels[rows]
+    same_label = labels[found.pairs[:, 0]] == labels[found.pairs[:, 1]]
     threshold = dup.calibrate(
         dup.copy_similarity(bases[pick], copies),
         dup.best_per_item(len(rows), found, exact),
+        dup.best_per_item(len(rows), found, exact | same_label),
     )
     hit = (found.similarity >= threshold.similarity) & ~exact
     found_near = zip(a[hit], b[hit], found.similarity[hit], strict=True)
