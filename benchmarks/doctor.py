@@ -332,10 +332,16 @@ def _timing(r: dict) -> str:
         f"feature cache {r['seconds']} s (stages: {r['stages']}), second run (cached) "
         f"{r['seconds_warm']} s, on a 2-core machine shared with other jobs (load average "
         f"{r['load_average']['before']} before, {r['load_average']['after']} after). Near-copy "
-        f"threshold {t['similarity']:.3f}: halfway between where {t['copies']} generated copies "
-        f"begin ({t['copies_from']:.3f}) and where the data's distinct nearest pairs end "
-        f"({t['distinct_to']:.3f})."
-    )
+        f"threshold {t['similarity']:.3f}: " + (
+            f"halfway between where {t['copies']} generated copies begin "
+            f"({t['copies_from']:.3f}) and where the data's distinct nearest pairs end "
+            f"({t['distinct_to']:.3f})."
+            if t["separated"] else
+            f"where the data's distinct nearest pairs end ({t['distinct_to']:.3f}), above where "
+            f"{t['copies']} generated copies begin ({t['copies_from']:.3f}): the two overlap, so "
+            "precision comes first."
+        )
+    )  # fmt: skip
 
 
 ACCURACY_ROWS = (
