@@ -113,6 +113,11 @@ def reported_pairs(rows: list[dict], root: Path | None = None) -> set[frozenset]
     }  # fmt: skip
 
 
+def injected_pairs(truth: dict) -> set[frozenset]:
+    """The copy pairs `inject` made: each copy with its original."""
+    return {frozenset(p) for k in ("exact", "near", "leak") for p in truth[k]}
+
+
 def score(rows: list[dict], truth: dict) -> dict:
     kinds = {}
     for r in rows:
@@ -123,7 +128,7 @@ def score(rows: list[dict], truth: dict) -> dict:
     out["corrupt_recall"] = np.mean([f in corrupt for f in truth["corrupt"]])
     for kind in ("exact", "near", "leak"):
         out[f"{kind}_recall"] = np.mean([frozenset(p) in pairs for p in truth[kind]])
-    injected = {frozenset(p) for k in ("exact", "near", "leak") for p in truth[k]}
+    injected = injected_pairs(truth)
     out["duplicate_pairs_reported"] = len(pairs)
     out["duplicate_false_alarm_share"] = 1 - len(pairs & injected) / max(len(pairs), 1)
     ranked = [r["file"] for r in kinds.get("label", [])]
@@ -148,13 +153,13 @@ def unmodified(clean: Path, args) -> dict:
                            out=out, folds=0, log=lambda s: None)  # fmt: skip
     with open(out / "issues.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["kind"] in COPY_KINDS]
-    pairs = reported_pairs(rows)
+    pairs = reported_pairs(rows, clean)  # relative: the noisy copy's pairs are compared with them
     exact = {frozenset((r["file"], r["related"])) for r in rows if r["detail"].startswith("exact")}
     return {
         "rows": {k: sum(r["kind"] == k for r in rows) for k in COPY_KINDS},
         "pairs": len(pairs), "exact_pairs": len(exact),
         "threshold": _threshold(result.threshold),
-        "pair_paths": sorted(sorted(p) for p in reported_pairs(rows, clean)),
+        "pair_paths": sorted(sorted(p) for p in pairs),
     }  # fmt: skip
 
 
@@ -162,7 +167,7 @@ def preexisting_sheet(rows: list[dict], truth: dict, target: Path, n: int = 48) 
     """The reported pairs that were not injected, side by side, evenly over their scores."""
     from PIL import ImageDraw
 
-    injected = {frozenset(p) for k in ("exact", "near", "leak") for p in truth[k]}
+    injected = injected_pairs(truth)
     found = sorted(
         (float(r["score"]), r["file"], rel, r["kind"]) for r in rows if r["kind"] in COPY_KINDS
         for rel in r["related"].split(";") if rel and frozenset((r["file"], rel)) not in injected
@@ -189,14 +194,15 @@ def preexisting_share(rows: list[dict], truth: dict, noisy: Path, before: list) 
     same false alarm twice; the rest are new, made by the injection. Judging the former needs
     eyes: `benchmarks/results/doctor-not-injected-NAME.png` shows a sample.
     """
-    injected = {frozenset(p) for k in ("exact", "near", "leak") for p in truth[k]}
+    injected = injected_pairs(truth)
     old = {frozenset(p) for p in before}
-    others = [p for p in reported_pairs(rows) if p not in injected]
+    pairs = reported_pairs(rows)
+    others = [p for p in pairs if p not in injected]
     relative = [frozenset(str(Path(f).relative_to(noisy)) for f in p) for p in others]
     seen = sum(p in old for p in relative)
     return {
         "pairs_not_injected": len(others), "of_them_in_untouched_data": seen,
-        "false_alarm_share_new_only": (len(others) - seen) / max(len(reported_pairs(rows)), 1),
+        "false_alarm_share_new_only": (len(others) - seen) / max(len(pairs), 1),
     }  # fmt: skip
 
 
