@@ -232,6 +232,32 @@ def test_distinct_garments_on_one_backdrop_are_not_copies_but_a_resaved_copy_is(
     assert (coarse[:40] @ coarse[:40].T)[np.triu_indices(40, 1)].min() > 0.9
 
 
+def test_the_feature_gate_rejects_look_alikes_whose_pixels_align_but_not_copies():
+    """At 32 px a B-2 and a bird on the same sky align in pixel detail as well as a halved copy;
+    their features do not. The gate is where 97% of the generated copies' cosines lie."""
+    rng = np.random.default_rng(0)
+    copy_scores = np.tanh(rng.normal(1.2, 0.1, 256))
+    copy_cosines = np.clip(rng.normal(0.9, 0.03, 256), -1, 1)
+    distinct = np.tanh(rng.normal(0.25, 0.05, 500))
+    threshold = dup.calibrate(copy_scores, distinct, copy_cosines=copy_cosines)
+    assert threshold.cosine == pytest.approx(np.quantile(copy_cosines, 0.03))
+    pairs = np.array([[0, 1], [2, 3], [4, 5]])
+    found = dup.Candidates(pairs, np.array([0.9, 0.9, 0.3]), np.array([0.93, 0.6, 0.99]))
+    assert threshold.passes(found).tolist() == [True, False, False]  # a copy, a look-alike, far
+    ungated = dup.calibrate(copy_scores, distinct)
+    assert ungated.passes(found).tolist() == [True, True, False]
+
+
+def test_feature_cosines_are_those_of_the_rows():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 8)).astype(np.float32)
+    pairs = np.array([[0, 1], [3, 29], [5, 5]])
+    got = dup.pair_cosine(x, pairs)
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    assert got == pytest.approx([u[0] @ u[1], u[3] @ u[29], 1.0], abs=1e-5)
+    assert dup.copy_cosine(x[:2], x[:2] * 3.0) == pytest.approx([1.0, 1.0], abs=1e-5)
+
+
 def test_pixel_similarity_sees_through_rescaling_and_cropping():
     rng = np.random.default_rng(1)
     im = _garment(rng)

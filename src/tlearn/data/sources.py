@@ -261,6 +261,26 @@ class ArraySource(ImageSource):
         return f"{self.name.replace('/', ' ')} #{i}"
 
 
+class ImageListSource(ImageSource):
+    """Images made in memory (the doctor's generated copies), of any sizes; one class."""
+
+    def __init__(self, images: Sequence[Image.Image], name: str):
+        self.images = [im.convert("RGB") for im in images]
+        self.targets = np.zeros(len(self.images), dtype=np.int64)
+        self.classes = ["image"]
+        self.name = str(name)
+
+    @property
+    def in_memory(self) -> bool:
+        return True
+
+    def load(self, i: int) -> Image.Image:
+        return self.images[i]
+
+    def describe(self, i: int) -> str:
+        return f"{self.name} #{i}"
+
+
 class SubsetSource(ImageSource):
     """A selection of another source's items, keeping its full class list."""
 

@@ -12,6 +12,13 @@ this data can look. The threshold sits halfway between where the copies begin an
 distinct pairs end; a fixed number would be right for one kind of photo only. The benchmark
 (`benchmarks/doctor.py`) measures recall and false alarms with it on real data.
 
+A second gate reads the backbone's features: a pair is a copy only if their cosine also reaches
+the cosine that the same share of generated copies reach (`Threshold.cosine`). At 32 px the
+pixel detail of two different pictures (a B-2 and a bird on the same sky) can align as well as
+a halved copy's; their features differ, where a copy's stay close. The gate needs no distinct
+side: on photos of one backdrop every nearest pair's features are close, so it only removes
+pairs that are less alike than nearly every copy.
+
 Where the distinct pairs end is read two ways, and the higher wins. Their bulk (median and
 spread) ignores the data's own copies in the tail, but also the tail of distinct look-alikes,
 which grows with the data: two different 32-px CIFAR frogs can match as well as a halved copy.
@@ -31,11 +38,12 @@ from PIL import Image
 from tlearn.doctor import pixels
 
 NEIGHBOURS = 5  # candidates per image in each of the two spaces
-CALIBRATION_KEEP = 0.97  # where the copies begin: the similarity 97% of generated copies reach
+CALIBRATION_KEEP = 0.97  # where the copies begin: what 97% of generated copies reach (both gates)
 DISTINCT_SPREAD = 4.0  # where distinct pairs end: robust deviations above their median
 CROSS_CLASS_TAIL = 0.001  # the share of differently labelled nearest pairs above the threshold
 CROSS_CLASS_MIN = 2000  # images with a differently labelled candidate: below, that tail is noise
 _BLOCK = 2048  # rows per block of the similarity matrix
+_PAIR_BLOCK = 16_384  # pairs per block of feature cosines
 _PROJECT_ABOVE = 20_000  # items; more are compared in a 128-dim PCA projection (O(N^2) search)
 
 
@@ -75,22 +83,31 @@ def _fisher(r: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Threshold:
-    """A candidate pair is a copy when its aligned pixel similarity reaches `similarity`."""
+    """A candidate pair is a copy when its aligned pixel similarity reaches `similarity` and
+    its feature cosine reaches `cosine`."""
 
     similarity: float
     copies_from: float  # the similarity CALIBRATION_KEEP of the generated copies reach
     distinct_to: float  # the end of the data's distinct pairs (see `calibrate`)
     copies: int  # generated copies it was calibrated on
     copy_scores: list[float]  # their similarities (for the benchmark and the page)
+    cosine: float = -1.0  # the feature cosine CALIBRATION_KEEP of them reach (-1: no gate)
 
     @property
     def separated(self) -> bool:
         """False when copies and distinct pairs overlap: then precision wins, recall may fall."""
         return self.copies_from > self.distinct_to
 
+    def passes(self, found: Candidates) -> np.ndarray:
+        """[m] which candidate pairs pass both gates."""
+        return (found.similarity >= self.similarity) & (found.cosine >= self.cosine)
+
 
 def calibrate(
-    copy_scores: np.ndarray, distinct_best: np.ndarray, cross_best: np.ndarray | None = None
+    copy_scores: np.ndarray,
+    distinct_best: np.ndarray,
+    cross_best: np.ndarray | None = None,
+    copy_cosines: np.ndarray | None = None,
 ) -> Threshold:
     """Halfway (on the atanh scale) between the copies' start and the distinct pairs' end.
 
@@ -98,7 +115,8 @@ def calibrate(
     image's best similarity among its candidates (exact copies left out). A few real copies in
     the data sit in the latter's tail; median and median absolute deviation ignore them.
     `cross_best`: the same among candidates with another label; where there are enough, the
-    distinct pairs end no lower than their `1 - CROSS_CLASS_TAIL` quantile.
+    distinct pairs end no lower than their `1 - CROSS_CLASS_TAIL` quantile. `copy_cosines`:
+    each generated copy's feature cosine to its original (none: no feature gate).
     """
     zc, zd = _fisher(copy_scores), _fisher(distinct_best)
     copies_from = float(np.quantile(zc, 1 - CALIBRATION_KEEP))
@@ -109,9 +127,12 @@ def calibrate(
         tail = float(np.quantile(_fisher(cross_best), 1 - CROSS_CLASS_TAIL))
         distinct_to = max(distinct_to, tail)
     z = (copies_from + distinct_to) / 2 if copies_from > distinct_to else distinct_to
+    gate = -1.0
+    if copy_cosines is not None and len(copy_cosines):
+        gate = float(np.quantile(copy_cosines, 1 - CALIBRATION_KEEP))
     return Threshold(
         float(np.tanh(z)), float(np.tanh(copies_from)), float(np.tanh(distinct_to)),
-        len(copy_scores), sorted(float(s) for s in copy_scores),
+        len(copy_scores), sorted(float(s) for s in copy_scores), gate,
     )  # fmt: skip
 
 
@@ -143,12 +164,31 @@ def _nearest(x: np.ndarray, k: int) -> np.ndarray:
 class Candidates:
     pairs: np.ndarray  # [m, 2] rows of the features / bases, i < j
     similarity: np.ndarray  # [m] aligned pixel similarity (`pixels.pair_similarity`)
+    cosine: np.ndarray  # [m] cosine of the pair's backbone features
 
 
 def search(features: np.ndarray, bases: np.ndarray) -> Candidates:
     """Candidate pairs of the items (features and grey bases row by row), with their scores."""
     pairs = candidate_pairs(features, pixels.coarse_views(bases))
-    return Candidates(pairs, pixels.pair_similarity(bases, pairs))
+    return Candidates(pairs, pixels.pair_similarity(bases, pairs), pair_cosine(features, pairs))
+
+
+def pair_cosine(features: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """[m] cosine of each pair's feature rows, in blocks of pairs (a gather of all is GBs)."""
+    x = features.astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True) + 1e-12
+    out = np.empty(len(pairs), dtype=np.float32)
+    for start in range(0, len(pairs), _PAIR_BLOCK):
+        p = pairs[start : start + _PAIR_BLOCK]
+        out[start : start + len(p)] = np.einsum("ij,ij->i", x[p[:, 0]], x[p[:, 1]])
+    return out
+
+
+def copy_cosine(features: np.ndarray, copy_features: np.ndarray) -> np.ndarray:
+    """[n] feature cosine of each copy to its original (rows pair up by position)."""
+    both = np.concatenate([features, copy_features])
+    n = len(features)
+    return pair_cosine(both, np.stack([np.arange(n), n + np.arange(n)], axis=1))
 
 
 def best_per_item(n: int, found: Candidates, leave_out: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from tlearn.data.images import open_image
+from tlearn.doctor import duplicates as dup
 from tlearn.doctor.findings import KINDS, Finding, sorted_findings
 from tlearn.doctor.inputs import Catalog
 from tlearn.errors import TlearnError
@@ -55,7 +56,8 @@ def write_page(path: Path, result, catalog: Catalog, data: str) -> Path:
             f"thumbnail's) whose aligned fine detail correlates at {t.similarity:.3f} or more: "
             f"halfway between where {t.copies} generated copies of the data's images begin "
             f"({t.copies_from:.3f}) and where its distinct nearest pairs end "
-            f"({t.distinct_to:.3f}).</p>"
+            f"({t.distinct_to:.3f}); and whose backbone features' cosine reaches "
+            f"{t.cosine:.3f}, which {dup.CALIBRATION_KEEP:.0%} of the generated copies reach.</p>"
         )
         if not t.separated:
             parts.append(

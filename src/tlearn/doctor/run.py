@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from tlearn.data.sources import ImageSource
+from tlearn.data.sources import ImageListSource, ImageSource
 from tlearn.doctor import duplicates as dup
 from tlearn.doctor import pixels
 from tlearn.doctor.files import check_catalog, file_findings
@@ -27,7 +27,7 @@ from tlearn.doctor.inputs import Catalog, load_catalog
 from tlearn.doctor.labels import find_label_issues, require_extra
 from tlearn.doctor.outliers import IMBALANCE_RATIO, imbalance, outlier_rows, outlier_scores
 
-CALIBRATION_IMAGES = 64
+CALIBRATION_IMAGES = 256  # 64 left the copies' 3% quantile to one or two of them
 
 
 class Extractor(Protocol):
@@ -99,7 +99,7 @@ def run_doctor(
 
     clock = time.perf_counter()
     digests = [c.digest for c in checks]
-    threshold, near = _near_copies(catalog, checks, feats, rows, digests, seed)
+    threshold, near = _near_copies(catalog, checks, feats, rows, digests, seed, features)
     findings += duplicate_findings(catalog, dup.exact_groups(digests), near, digests)
     seconds["duplicates"] = time.perf_counter() - clock
 
@@ -130,7 +130,7 @@ def _catalog_features(catalog: Catalog, features: Extractor) -> tuple[np.ndarray
     return np.concatenate(parts), np.concatenate(rows)
 
 
-def _near_copies(catalog, checks, feats, rows, digests, seed):
+def _near_copies(catalog, checks, feats, rows, digests, seed, features: Extractor):
     """The calibrated threshold, and `(i, j, similarity)` for each near pair (catalogue numbers)."""
     if len(rows) < 2:
         return None, []
@@ -141,15 +141,18 @@ def _near_copies(catalog, checks, feats, rows, digests, seed):
     exact = np.array(same, dtype=bool)
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(rows), min(CALIBRATION_IMAGES, len(rows)), replace=False)
-    copies = np.stack([pixels.grey_base(dup.make_copy(_load(catalog, rows[r]), rng)) for r in pick])
+    copies = [dup.make_copy(_load(catalog, rows[r]), rng) for r in pick]
+    copy_feats, _ = features(ImageListSource(copies, "generated copies"), "doctor/copies",
+                             cache=False)  # fmt: skip
     labels = catalog.labels[rows]
     same_label = labels[found.pairs[:, 0]] == labels[found.pairs[:, 1]]
     threshold = dup.calibrate(
-        dup.copy_similarity(bases[pick], copies),
+        dup.copy_similarity(bases[pick], np.stack([pixels.grey_base(c) for c in copies])),
         dup.best_per_item(len(rows), found, exact),
         dup.best_per_item(len(rows), found, exact | same_label),
+        dup.copy_cosine(feats[pick], copy_feats),
     )
-    hit = (found.similarity >= threshold.similarity) & ~exact
+    hit = threshold.passes(found) & ~exact
     found_near = zip(a[hit], b[hit], found.similarity[hit], strict=True)
     near = [(int(i), int(j), float(s)) for i, j, s in found_near]
     return threshold, near
