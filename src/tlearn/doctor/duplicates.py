@@ -186,9 +186,12 @@ def pair_cosine(features: np.ndarray, pairs: np.ndarray) -> np.ndarray:
 
 def copy_cosine(features: np.ndarray, copy_features: np.ndarray) -> np.ndarray:
     """[n] feature cosine of each copy to its original (rows pair up by position)."""
-    both = np.concatenate([features, copy_features])
-    n = len(features)
-    return pair_cosine(both, np.stack([np.arange(n), n + np.arange(n)], axis=1))
+    return pair_cosine(np.concatenate([features, copy_features]), _to_copies(len(features)))
+
+
+def _to_copies(n: int) -> np.ndarray:
+    """[n, 2] pairs of originals and copies stacked as `originals + copies`: row i with n + i."""
+    return np.stack([np.arange(n), n + np.arange(n)], axis=1)
 
 
 def best_per_item(n: int, found: Candidates, leave_out: np.ndarray) -> np.ndarray:
@@ -202,9 +205,7 @@ def best_per_item(n: int, found: Candidates, leave_out: np.ndarray) -> np.ndarra
 
 def copy_similarity(bases: np.ndarray, copies: np.ndarray) -> np.ndarray:
     """[n] similarity of each copy's grey base to its original's (rows pair up by position)."""
-    both = np.concatenate([bases, copies])
-    pairs = np.stack([np.arange(len(bases)), len(bases) + np.arange(len(copies))], axis=1)
-    return pixels.pair_similarity(both, pairs)
+    return pixels.pair_similarity(np.concatenate([bases, copies]), _to_copies(len(bases)))
 
 
 def exact_groups(digests: list[str]) -> list[list[int]]:
