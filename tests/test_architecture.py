@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "tlearn"
 # `import tlearn`), and heavy subsystems only some commands use.
 OPTIONAL = {
     "onnx", "onnxruntime", "onnxscript", "fastapi", "uvicorn", "starlette", "httpx",
-    "cleanlab", "sklearn", "tensorboard", "pytorch_grad_cam", "huggingface_hub",
+    "cleanlab", "sklearn", "tensorboard", "huggingface_hub",
     "matplotlib",  # figures only (lr_find.png, the report): ~0.4 s to import, needed by few runs
     "torch._dynamo",  # --compile only: ~1 s to import, absent on some platforms
     "torch.utils.tensorboard",  # --tensorboard only (the tensorboard extra)

@@ -166,6 +166,40 @@ def test_grad_cam_picks_the_last_convolutional_stage_and_maps_the_input():
     assert maps.shape == (2, 64, 64) and maps.min() >= 0 and maps.max() <= 1
 
 
+def test_grad_cam_of_a_pooled_linear_head_is_its_class_activation_map():
+    """Behind global average pooling and a linear layer, Grad-CAM's channel weights are the
+    class's weights over the map's pixels, so its map is the class activation map (Zhou et al.
+    2016) computed in closed form: a wrong gradient, sign or scaling shows here."""
+    import torch.nn.functional as F
+
+    from tlearn.models import create_backbone
+    from tlearn.models.classifier import Classifier
+    from tlearn.models.heads import build_head
+    from tlearn.models.normalize import NormalizedBackbone
+
+    torch.manual_seed(0)
+    b = create_backbone("torchvision/resnet18", "none", 96)
+    head = build_head("linear", b.num_features, 3)
+    model = Classifier([NormalizedBackbone(b.module, b.preprocessing)], head).eval()
+    images, classes = torch.rand(2, 3, 96, 96), [2, 0]
+    maps = grad_cam(model, images, classes)
+    captured = []
+    hook = b.module.layer4.register_forward_hook(lambda _m, _a, out: captured.append(out))
+    with torch.no_grad():
+        model(images)
+    hook.remove()
+    linear = [m for m in head.modules() if isinstance(m, torch.nn.Linear)][-1]
+    weights = linear.weight.detach()[classes]
+    cam = torch.einsum("nchw,nc->nhw", captured[0], weights).relu()[:, None]
+    cam = cam - cam.amin((2, 3), keepdim=True)
+    cam = cam / (cam.amax((2, 3), keepdim=True) + 1e-7)
+    cam = F.interpolate(cam, size=(96, 96), mode="bilinear", align_corners=False)[:, 0]
+    cam = cam - cam.amin((1, 2), keepdim=True)
+    expected = (cam / (cam.amax((1, 2), keepdim=True) + 1e-7)).numpy()
+    assert abs(maps - expected).max() < 1e-4
+    assert maps.reshape(2, -1).std(1).min() > 0.05  # a map, not a constant
+
+
 def test_a_split_folder_is_reported_on_its_validation_images(tmp_path, make_image_folder):
     data = make_image_folder(n=10, layout="flat")  # 20 images, split 80/20 by training
     tlearn.train(str(data), strategy="linear-probe", epochs=1, val_split=0.2,

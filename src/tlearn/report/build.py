@@ -231,8 +231,7 @@ def mistakes_section(report: Report, model: Any, out: Path, k: int) -> str:
             f"({100 * item['probability']:.1f}%; true class {100 * item['true_probability']:.1f}%)"
             f'<br><span class="note">{escape(item["image"])}</span></div>'
         )
-    note = ("" if items[0]["heatmap"] else '<p class="note">heat maps need the grad-cam package: '
-            "pip install 'tlearn[report]'</p>")  # fmt: skip
+    note = "" if items[0]["heatmap"] else '<p class="note">this network has no map to draw</p>'
     return (
         f"<p>the {len(items)} most confident wrong predictions; beside each image, where the "
         "model looked for its prediction (Grad-CAM on the last convolutional stage)</p>"

@@ -1,8 +1,10 @@
 """Where the model looked: Grad-CAM heat maps on a backbone's last convolutional stage.
 
-The maps come from the `grad-cam` package (pytorch_grad_cam, an optional dependency: the
-`report` extra). tlearn only chooses the layer: the last module of the first backbone whose
-output is still a spatial map, i.e. the end of its last convolutional stage, before pooling.
+Grad-CAM (Selvaraju et al. 2017) in a few lines of autograd: the class score's gradient,
+averaged over the map, weighs the channels of the last spatial feature map; the map's positive
+part, resized to the input and scaled to [0, 1], is the heat map. It gives the maps the
+`grad-cam` package gave (the same recipe), without that package's import, which loads
+scikit-learn and OpenCV: 1.7 s of the 13 s a default run on 245 images took.
 """
 
 from __future__ import annotations
@@ -11,30 +13,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tlearn.errors import TlearnError
 from tlearn.models.classifier import Classifier
 
 _POOLING = ("Pool", "Flatten", "Identity", "Dropout")
-
-
-def _grad_cam() -> Any:
-    try:
-        import pytorch_grad_cam
-    except ImportError as e:
-        raise TlearnError(
-            "heat maps need the grad-cam package: pip install 'tlearn[report]'"
-        ) from e
-    return pytorch_grad_cam
-
-
-def heatmaps_available() -> bool:
-    try:
-        _grad_cam()
-    except TlearnError:
-        return False
-    return True
+_BATCH = 16  # images a backward pass, so a large gallery keeps its memory small
 
 
 def target_layer(classifier: nn.Module, input_size: int) -> nn.Module:
@@ -74,19 +60,40 @@ def grad_cam(
     classifier: nn.Module, images: Tensor, classes: list[int], input_size: int | None = None
 ) -> np.ndarray:
     """[N, H, W] maps in [0, 1] for `classes[i]` of `images[i]` ([N, 3, H, W] in [0, 1])."""
-    cam_lib = _grad_cam()
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
     classifier = classifier.float().eval()
     size = input_size or int(images.shape[-1])
     layer = target_layer(classifier, size)
-    maps = []
-    with cam_lib.GradCAM(model=classifier, target_layers=[layer]) as cam:
-        for start in range(0, len(images), 16):
-            batch = images[start : start + 16].float().contiguous()
-            targets = [ClassifierOutputTarget(int(c)) for c in classes[start : start + 16]]
-            maps.append(cam(input_tensor=batch, targets=targets))
+    maps = [
+        _class_maps(classifier, layer, images[i : i + _BATCH].float().contiguous(),
+                    classes[i : i + _BATCH])
+        for i in range(0, len(images), _BATCH)
+    ]  # fmt: skip
     return np.concatenate(maps).astype(np.float32)
+
+
+def _class_maps(classifier: nn.Module, layer: nn.Module, batch: Tensor, classes: list[int]):
+    captured: list[Tensor] = []
+    handle = layer.register_forward_hook(lambda _m, _a, out: captured.append(out))
+    try:
+        with torch.enable_grad():
+            scores = classifier(batch)
+            chosen = scores[torch.arange(len(batch)), torch.as_tensor(classes)].sum()
+            (grads,) = torch.autograd.grad(chosen, captured[-1])
+    finally:
+        handle.remove()
+    activations = captured[-1].detach()
+    weights = grads.mean(dim=(2, 3), keepdim=True)
+    cams = F.relu((weights * activations).sum(1, keepdim=True))
+    cams = F.interpolate(_scaled(cams), size=batch.shape[-2:], mode="bilinear",
+                         align_corners=False)  # fmt: skip
+    return _scaled(cams)[:, 0].numpy()
+
+
+def _scaled(maps: Tensor) -> Tensor:
+    """Each map shifted and scaled to [0, 1] (an all-zero map stays zero)."""
+    low = maps.amin(dim=(2, 3), keepdim=True)
+    maps = maps - low
+    return maps / (maps.amax(dim=(2, 3), keepdim=True) + 1e-7)
 
 
 def overlay(image: Tensor | np.ndarray, heatmap: np.ndarray, weight: float = 0.5) -> np.ndarray:

@@ -12,7 +12,7 @@ from PIL import Image
 
 from tlearn.data import build_transform
 from tlearn.errors import TlearnError
-from tlearn.report.gradcam import grad_cam, heatmaps_available, overlay
+from tlearn.report.gradcam import grad_cam, overlay
 
 THUMB = 160  # pixels of a gallery picture's longer side
 
@@ -69,14 +69,13 @@ def mistake_gallery(model: Any, pred: Any, source: Any, out: Path, k: int = 12) 
     for item, image in zip(items, batch, strict=True):
         array = (image.permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8)
         _picture(array).save(out / item["thumbnail"])
-    if heatmaps_available():
-        predicted = [model.classes.index(item["predicted"]) for item in items]
-        try:
-            maps = grad_cam(model.classifier, batch, predicted, pre.input_size)
-        except (RuntimeError, TlearnError) as e:  # a network Grad-CAM cannot follow
-            warnings.warn(f"no heat maps in the report: {e}", stacklevel=2)
-            return items
-        for item, image, heat in zip(items, batch, maps, strict=True):
-            item["heatmap"] = item["thumbnail"].replace(".png", "_cam.png")
-            _picture(overlay(image, heat)).save(out / item["heatmap"])
+    predicted = [model.classes.index(item["predicted"]) for item in items]
+    try:
+        maps = grad_cam(model.classifier, batch, predicted, pre.input_size)
+    except (RuntimeError, TlearnError) as e:  # a network Grad-CAM cannot follow
+        warnings.warn(f"no heat maps in the report: {e}", stacklevel=2)
+        return items
+    for item, image, heat in zip(items, batch, maps, strict=True):
+        item["heatmap"] = item["thumbnail"].replace(".png", "_cam.png")
+        _picture(overlay(image, heat)).save(out / item["heatmap"])
     return items
