@@ -11,10 +11,9 @@ What a practitioner writes in 40 lines, and what issue 16 measures tlearn agains
              stratified 5-fold cross-validation on train/ alone (val/ is not used), L-BFGS
   score      accuracy on test/
   timed      end to end: model building, decoding, feature extraction, the CV fit, the score
-  batch      16: a plain fp32 loop on this project's 2-core machine extracts fastest there
-             (52 / 39 / 22 images/s at batch 16 / 32 / 64; glibc hands larger activations fresh
-             pages every batch). Batch 64 made the baseline 2.4x slower than it need be, which
-             flattered every wall-time comparison with tlearn.
+  batch      16: where a plain fp32 loop on this project's 2-core machine extracts fastest
+             (glibc hands larger activations fresh pages every batch); a slower baseline
+             would flatter every wall-time comparison with tlearn (README: the suite)
 
     python benchmarks/linear_baseline.py DATASET_DIR [--image-size 224] [--batch-size 16]
         [--json OUT.json]
