@@ -17,6 +17,7 @@ from tlearn.errors import TlearnError
 from tlearn.training.budget import (
     PlanInputs,
     Throughput,
+    budget_batch_size,
     early_stages,
     expected_error,
     fit_remaining,
@@ -159,6 +160,33 @@ def test_little_data_per_class_unfreezes_gradually():
     plan = make_plan(inputs(600, n_train=500, n_val=100, classes=10))
     assert plan.strategy == "gradual"
     assert plan.epochs >= 10
+
+
+@pytest.mark.parametrize(
+    "n_train, batch", [(100, 16), (220, 16), (540, 32), (1486, 64), (3068, 128), (50000, 128)]
+)
+def test_a_budget_batch_gives_every_epoch_enough_steps(n_train, batch):
+    assert budget_batch_size(n_train) == batch
+    assert n_train // batch >= 16 or batch == 16  # the fewest images a batch: 16
+
+
+def test_a_budget_run_trains_at_the_batch_its_plan_was_measured_at(
+    make_image_folder, tmp_path, monkeypatch
+):
+    import tlearn.training.budget.probe as planner
+
+    def fine_tuning(plan_inputs):
+        plan = make_plan(plan_inputs)
+        plan.strategy, plan.epochs, plan.steps_per_epoch = "gradual", 1, None
+        return plan
+
+    monkeypatch.setattr(planner, "make_plan", fine_tuning)
+    out = tmp_path / "run"
+    options = {**TINY, "image_size": None, "batch_size": None}
+    tlearn.train(str(make_image_folder(n=8)), out=str(out), budget="30s", **options)
+    plan = json.loads((out / "plan.json").read_text())
+    config = __import__("yaml").safe_load((out / "config.yaml").read_text())
+    assert plan["batch_size"] == config["batch_size"] == 16
 
 
 def test_the_plan_explains_itself():

@@ -15,7 +15,7 @@ from tlearn.training.budget import PLANNED_OPTIONS, Plan, apply_plan
 def finetune_plan() -> Plan:
     return Plan(strategy="finetune", image_size=96, epochs=4, lr=3e-3, head="linear",
                 augment="flip", schedule="onecycle", estimated_s=100.0, budget_s=120.0,
-                steps_per_epoch=37)  # fmt: skip
+                steps_per_epoch=37, batch_size=32)  # fmt: skip
 
 
 def probe_plan() -> Plan:
@@ -28,6 +28,7 @@ def test_unset_options_take_the_plan():
     assert all(getattr(cfg, name) is None for name in PLANNED_OPTIONS)
     assert apply_plan(cfg, finetune_plan()) == []
     assert (cfg.strategy, cfg.epochs, cfg.steps_per_epoch) == ("finetune", 4, 37)
+    assert cfg.batch_size == 32  # what the plan's throughputs were measured at
     assert (cfg.image_size, cfg.lr, cfg.augment, cfg.schedule) == (96, 3e-3, "flip", "onecycle")
     assert cfg.head is None  # a fine-tuning plan has no say on the head
     assert cfg.fill_defaults().head == "linear"
@@ -45,6 +46,7 @@ def test_unset_options_take_the_plan():
         ("steps_per_epoch", 5, finetune_plan),
         ("image_size", 128, finetune_plan),
         ("lr", 0.01, finetune_plan),
+        ("batch_size", 64, finetune_plan),
     ],
 )
 def test_each_explicit_option_survives_the_plan(name, value, plan):

@@ -88,3 +88,47 @@ def test_the_probe_is_kept_when_no_fine_tuned_epoch_beats_it(
     assert not torch.equal(fine_tuned, pretrained[name])  # last.safetensors: the last epoch
     assert best.spec.metrics["epoch"] == 0
     torch.testing.assert_close(model.classifier.state_dict()[name], pretrained[name])
+
+
+@pytest.fixture
+def gradual_plan(monkeypatch):
+    """Every budget plan unfreezes the network gradually, training on the images."""
+    import tlearn.training.budget.probe as planner
+
+    def planned(inputs):
+        plan = make_plan(inputs)
+        plan.strategy, plan.epochs, plan.augment, plan.steps_per_epoch = "gradual", 2, "flip", None
+        return plan
+
+    monkeypatch.setattr(planner, "make_plan", planned)
+
+
+def test_a_gradual_budget_run_on_images_solves_the_probe_first(
+    gradual_plan, make_image_folder, tmp_path
+):
+    data = make_image_folder(n=12, size=(40, 40))
+    lines: list[str] = []
+    budget_run(data, tmp_path / "run", lines)
+    assert not any("frozen stages computed once" in line for line in lines)  # the images path
+    solved = [line for line in lines if line.startswith("linear probe on the pretrained")]
+    assert solved and "of 18 training images solved" in solved[0]
+    floor = json.loads((tmp_path / "run" / "plan.json").read_text())["probe_floor"]
+    assert floor["training_images"] == 18
+    best = tlearn.load(tmp_path / "run" / "best.safetensors")
+    if floor["kept"] == "probe":
+        assert best.spec.metrics["epoch"] == 0
+    else:
+        assert floor["best_fine_tuned_val_accuracy"] >= floor["val_accuracy"]
+
+
+def test_a_floor_on_images_takes_as_many_training_images_as_its_share_allows(
+    gradual_plan, make_image_folder, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(probe_floor, "PASS_SHARE", 0.0)  # no time left after validation
+    data = make_image_folder(n=12, size=(40, 40))
+    lines: list[str] = []
+    budget_run(data, tmp_path / "run", lines)
+    floor = json.loads((tmp_path / "run" / "plan.json").read_text())["probe_floor"]
+    classes = len(tlearn.load(tmp_path / "run" / "best.safetensors").spec.classes)
+    assert floor["training_images"] == 2 * classes  # the fewest it takes: two a class
+    assert any(f"(the first {2 * classes} of 18 shuffled)" in line for line in lines)

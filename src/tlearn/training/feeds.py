@@ -66,7 +66,7 @@ def feature_feed(run: Any, train: FeatureSet, val: FeatureSet | None) -> Feed:
     return Feed(loader, evaluate, head, head.train)
 
 
-def image_feed(run: Any, pre: Preprocessing) -> Feed:
+def image_feed(run: Any, pre: Preprocessing, precision: str) -> Feed:
     """Images, decoded (once, where memory allows) and augmented every epoch."""
     cfg, splits = run.cfg, run.splits
     sampler = EpochSampler(len(splits.train), cfg.seed, cfg.batch_size)
@@ -88,6 +88,8 @@ def image_feed(run: Any, pre: Preprocessing) -> Feed:
         batch = inference_batch_size(run.device, pre.input_size)
         options = cfg.loader_options(False, batch_size=batch)
         val_loader = image_loader(splits.val, pre, train=False, **options)
+    if run.floor is not None:  # a budget run: its probe floor, solved before the first step
+        run.floor.start_on_images(run, pre, precision)
 
     def evaluate() -> loop.Predictions | None:
         if val_loader is None:
@@ -185,7 +187,7 @@ def train_on(
 ) -> None:
     """Train on the input path `fit` chose, or record the solved head as the run's epoch."""
     if path == "images":
-        run.train_feed(image_feed(run, pre), phases, stages)
+        run.train_feed(image_feed(run, pre, precision), phases, stages)
     elif path == "stored-stages":
         run.train_feed(stage_feed(run, prefix, pre, precision), phases, stages)
     else:

@@ -2,9 +2,11 @@
 
 A few minutes of fine-tuning can end below a frozen backbone's solved linear probe (on the
 clothing photos, `--budget 3m` tied the logistic-regression baseline that `tlearn train DIR`
-beats). Where the run stores its frozen stages' outputs, the probe costs one inference pass of
-the top stages over them and L-BFGS on what it gives, at most `SHARE` of the budget together
-(the pass over the training rows is cut short where it would overrun). After the last epoch the
+beats), and with few images a class a gradual fine-tune can overfit them. Where the run stores
+its frozen stages' outputs, the probe costs one inference pass of the top stages over them;
+where it trains on images (gradual, for little data), one pass of the network over the images.
+Then L-BFGS on what the pass gives: at most `SHARE` of the budget together (the pass over the
+training images is cut short where it would overrun). After the last epoch the
 run keeps the probe when it beats every fine-tuned epoch on validation, so a budget run's model
 is never worse there than the probe.
 
@@ -23,9 +25,11 @@ import torch
 from torch import nn
 
 from tlearn.checkpoint import save_model
+from tlearn.data.sources import SubsetSource
+from tlearn.preprocessing import Preprocessing
 from tlearn.training import distributed, loop
 from tlearn.training.balance import class_weights
-from tlearn.training.features import FeatureSet
+from tlearn.training.features import FeatureSet, compute_features
 from tlearn.training.hooks import Hook
 from tlearn.training.linear_probe import load_solved_head
 from tlearn.training.plan_file import set_plan_entry
@@ -67,9 +71,36 @@ class ProbeFloor(Hook):
         pooled = PooledFeatures(run.model)
         vx = pooled_rows(pooled, val, batch, run)
         # the training rows in a shuffled order, until the budget's share is spent
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(run.cfg.seed))
+        order = shuffled(len(train), run.cfg.seed)
         left = PASS_SHARE * self.budget_s - (time.perf_counter() - started)
         x = pooled_rows(pooled, train, batch, run, order, max(0.0, left))
+        self.solve(run, x, vx, started, len(train))
+
+    def start_on_images(self, run: Any, pre: Preprocessing, precision: str) -> None:
+        """Solve the probe on the pooled features of the images (a run that trains on images).
+
+        The validation pass times the network, so the training images taken (shuffled) are
+        as many as the rest of the pass's share allows.
+        """
+        splits = run.splits
+        if splits.val is None:
+            return
+        started = time.perf_counter()
+        pooled = PooledFeatures(run.model)
+        vx = image_rows(run, pooled, splits.val, pre, precision, "probe floor/val")
+        per_image = (time.perf_counter() - started) / max(1, len(splits.val))
+        left = PASS_SHARE * self.budget_s - (time.perf_counter() - started)
+        n = len(splits.train) if per_image <= 0 else int(max(0.0, left) / per_image)
+        n = min(len(splits.train), max(n, 2 * len(splits.classes)))  # a few a class at least
+        order = shuffled(len(splits.train), run.cfg.seed)[:n].sort().values
+        taken = splits.train if n == len(splits.train) else SubsetSource(splits.train, order)
+        x = image_rows(run, pooled, taken, pre, precision, "probe floor/train")
+        self.solve(run, x, vx, started, len(splits.train))
+
+    def solve(
+        self, run: Any, x: FeatureSet, vx: FeatureSet, started: float, n_train: int
+    ) -> None:
+        """L-BFGS on the pooled rows; the network as pretrained is kept beside the solution."""
         n_classes = len(run.splits.classes)
         weight = None
         if run.cfg.balance != "none":
@@ -81,7 +112,7 @@ class ProbeFloor(Hook):
         self.val = loop.Predictions(self.fit.logits(vx.features), vx.labels, vx.indices, 0.0)
         self.pretrained = {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
         self.seconds, self.rows = time.perf_counter() - started, len(x)
-        of = "" if len(x) == len(train) else f" (the first {len(x)} of {len(train)} shuffled)"
+        of = "" if len(x) == n_train else f" (the first {len(x)} of {n_train} shuffled)"
         run.log(
             f"linear probe on the pretrained features of {len(x)} training images{of} solved "
             f"in {self.seconds:.1f}s: validation accuracy {self.fit.val_accuracy:.4f}; the run "
@@ -112,6 +143,19 @@ class ProbeFloor(Hook):
             path = loop_.run_dir / "best.safetensors"
             loop_.try_save("best.safetensors", lambda: save_model(path, loop_.model, loop_.spec))
         loop_.val_predictions["best.safetensors"] = self.val
+
+
+def shuffled(n: int, seed: int) -> torch.Tensor:
+    """The training rows in the order the floor takes them (the same order on every rank)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+
+
+def image_rows(
+    run: Any, pooled: nn.Module, source: Any, pre: Preprocessing, precision: str, name: str
+) -> FeatureSet:
+    """Pooled features of `source`'s images, as validation sees them (no augmentation)."""
+    pooled.eval()
+    return compute_features(pooled, source, pre, run.cfg, run.device, precision, name)
 
 
 @torch.no_grad()

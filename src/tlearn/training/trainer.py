@@ -198,7 +198,7 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
     refits = plan is not None and "epochs" not in plan.kept  # the user's epochs: only shortened
     if refits and plan.strategy != "linear-probe" and len(phases) == 1:
         trainer.budget.plan = plan  # refitted to the first steps' real speed, then at each epoch
-    if plan is not None and path == "stored-stages" and splits.val is not None:
+    if plan is not None and path in ("stored-stages", "images") and splits.val is not None:
         trainer.keep_probe_floor()
     train_on(trainer, path, phases, stages, data_pre, inference_precision, probe, prefix)
     finish_run(cfg, trainer, model, log)

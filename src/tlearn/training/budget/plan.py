@@ -56,6 +56,12 @@ FINETUNE_LR = 3e-3
 # 64 px: freezing its first 4 of 8 stages, 1.6% of the weights, made a step 1.66x faster)
 # while they hold generic edge and texture filters that fine-tuning barely changes.
 EARLY_STAGE_SHARE = 0.02
+# A budget run's batch: the largest power of two that still gives an epoch this many optimizer
+# steps, between the two bounds. At 128 a 540-image set (60 photos a class) had 5 steps an
+# epoch and about 20 in a 3-minute run; at 32 the same run took 120 steps, ran faster per image
+# on a CPU at 224 px, and scored 85.1% test instead of 83.6% (benchmarks/results/suite.md).
+MIN_STEPS_PER_EPOCH = 16
+BATCH_BOUNDS = (16, 128)
 
 
 @dataclass
@@ -90,6 +96,13 @@ class PlanInputs:
     report_images: int = 0  # held-out images report.html scores after training (0: no report)
 
 
+def budget_batch_size(n_train: int) -> int:
+    """The batch a budget plan trains at: enough steps an epoch, whatever the data's size."""
+    low, high = BATCH_BOUNDS
+    fitting = max(1, n_train // MIN_STEPS_PER_EPOCH)
+    return int(min(high, max(low, 2 ** math.floor(math.log2(fitting)))))
+
+
 def early_stages(stage_sizes: list[int], share: float = EARLY_STAGE_SHARE) -> int:
     """How many leading stages hold at most `share` of the parameters (never all of them)."""
     total = sum(stage_sizes)
@@ -122,6 +135,7 @@ class Plan:
     steps_per_epoch: int | None = None
     # the options the user gave, which the plan did not change (`apply_plan`)
     kept: list[str] = field(default_factory=list)
+    batch_size: int | None = None  # what the throughputs were measured at (None: the default)
     # report.html after training, inside the budget: the keeper's refits leave it this much
     report_s: float = 0.0
 
@@ -256,6 +270,14 @@ def make_plan(inputs: PlanInputs) -> Plan:
         inputs, best, decode_s, reasons, candidates
     )
     plan.report_s = round(best["report_s"], 1)
+    plan.batch_size = inputs.batch_size
+    if plan.strategy != "linear-probe":
+        steps = math.ceil(inputs.n_train / max(1, inputs.batch_size))
+        plan.reasons.append(
+            f"batch {inputs.batch_size}: {steps} optimizer steps a whole epoch (a budget run's "
+            f"batch is the largest up to {BATCH_BOUNDS[1]} that gives at least "
+            f"{MIN_STEPS_PER_EPOCH})"
+        )
     plan.estimated_s = round(plan.estimated_s + plan.report_s, 1)
     return plan
 
@@ -418,7 +440,9 @@ def finetune_plan(
 
 
 # What a plan chooses, in TrainConfig's names; the user's explicit value of any of them wins.
-PLANNED_OPTIONS = ("epochs", "steps_per_epoch", "image_size", "lr", "augment", "schedule", "head")
+PLANNED_OPTIONS = (
+    "epochs", "steps_per_epoch", "image_size", "lr", "augment", "schedule", "head", "batch_size",
+)  # fmt: skip
 
 
 def apply_plan(cfg: TrainConfig, plan: Plan) -> list[str]:
@@ -438,6 +462,7 @@ def apply_plan(cfg: TrainConfig, plan: Plan) -> list[str]:
         "augment": plan.augment,
         "schedule": plan.schedule,
         "head": plan.head if plan.strategy == "linear-probe" else None,
+        "batch_size": plan.batch_size if plan.strategy != "linear-probe" else None,
     }
     kept = [name for name in PLANNED_OPTIONS if getattr(cfg, name) is not None]
     for name, value in chosen.items():

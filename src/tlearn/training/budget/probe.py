@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from tlearn.config import DEFAULT_BATCH_SIZE, TrainConfig, parse_duration
+from tlearn.config import TrainConfig, parse_duration
 from tlearn.data import has_held_out_part, load_eval_source
 from tlearn.errors import TlearnError
 from tlearn.models import create_backbone
@@ -26,6 +26,7 @@ from tlearn.training.budget.plan import (
     Plan,
     PlanInputs,
     Throughput,
+    budget_batch_size,
     candidate_sizes,
     early_stages,
     extrapolated,
@@ -226,7 +227,7 @@ def plan_run(
     sizes = [cfg.image_size] if cfg.image_size else candidate_sizes(native, default_size)
     backbones = [create_backbone(n, "none", sizes[0]) for n in cfg.backbone]
     model = build_classifier(backbones, len(splits.classes), cfg).to(device)
-    batch = cfg.batch_size or DEFAULT_BATCH_SIZE  # the run's, resolved after the plan
+    batch = cfg.batch_size or budget_batch_size(len(splits.train))  # the plan's, unless given
     stage_lists = [b.stages() for b in backbones]
     frozen_stages = min(early_stages([sum(p.numel() for p in s) for s in st]) for st in stage_lists)
     if len(splits.train) / max(1, len(splits.classes)) < 100:
