@@ -97,9 +97,7 @@ class ProbeFloor(Hook):
         x = image_rows(run, pooled, taken, pre, precision, "probe floor/train")
         self.solve(run, x, vx, started, len(splits.train))
 
-    def solve(
-        self, run: Any, x: FeatureSet, vx: FeatureSet, started: float, n_train: int
-    ) -> None:
+    def solve(self, run: Any, x: FeatureSet, vx: FeatureSet, started: float, n_train: int) -> None:
         """L-BFGS on the pooled rows; the network as pretrained is kept beside the solution."""
         n_classes = len(run.splits.classes)
         weight = None
