@@ -13,17 +13,22 @@ from tlearn.training import probe_floor
 from tlearn.training.budget import make_plan
 
 
-@pytest.fixture
-def freeze_plan(monkeypatch):
-    """Every budget plan fine-tunes the top of the network on stored frozen stages."""
+def plan_everything_as(strategy: str, monkeypatch) -> None:
+    """Every budget plan fine-tunes with `strategy`, 2 epochs, flips."""
     import tlearn.training.budget.probe as planner
 
     def planned(inputs):
         plan = make_plan(inputs)
-        plan.strategy, plan.epochs, plan.augment, plan.steps_per_epoch = "freeze:2", 2, "flip", None
+        plan.strategy, plan.epochs, plan.augment, plan.steps_per_epoch = strategy, 2, "flip", None
         return plan
 
     monkeypatch.setattr(planner, "make_plan", planned)
+
+
+@pytest.fixture
+def freeze_plan(monkeypatch):
+    """Every budget plan fine-tunes the top of the network on stored frozen stages."""
+    plan_everything_as("freeze:2", monkeypatch)
 
 
 def budget_run(data, out, lines):
@@ -93,14 +98,7 @@ def test_the_probe_is_kept_when_no_fine_tuned_epoch_beats_it(
 @pytest.fixture
 def gradual_plan(monkeypatch):
     """Every budget plan unfreezes the network gradually, training on the images."""
-    import tlearn.training.budget.probe as planner
-
-    def planned(inputs):
-        plan = make_plan(inputs)
-        plan.strategy, plan.epochs, plan.augment, plan.steps_per_epoch = "gradual", 2, "flip", None
-        return plan
-
-    monkeypatch.setattr(planner, "make_plan", planned)
+    plan_everything_as("gradual", monkeypatch)
 
 
 def test_a_gradual_budget_run_on_images_solves_the_probe_first(
