@@ -58,6 +58,7 @@ class Method:
     name: str  # as given: default, budget2m, lr, fastai5m
     kind: str  # tlearn | lr | fastai
     budget: str | None = None  # "2m": tlearn's --budget, or fastai's wall time
+    extra: tuple[str, ...] = ()  # more tlearn train options (a benchmark of one option's values)
 
 
 def parse_methods(text: str) -> list[Method]:
@@ -82,7 +83,8 @@ def command(method: Method, data: Path, run_dir: Path) -> list[str]:
     """The command line a cell runs (what the table's legend shows)."""
     if method.kind == "tlearn":
         budget = ["--budget", method.budget] if method.budget else []
-        return [sys.executable, "-m", "tlearn", "train", str(data), *budget, "--out", str(run_dir)]
+        train = [sys.executable, "-m", "tlearn", "train", str(data), *budget, *method.extra]
+        return [*train, "--out", str(run_dir)]
     if method.kind == "lr":
         out = run_dir / "result.json"
         return [sys.executable, str(HERE / "linear_baseline.py"), str(data), "--json", str(out)]

@@ -167,3 +167,32 @@ def test_fusion_bench_scores_singles_fusion_and_ensembles(tmp_path, make_image_f
     text = (tmp_path / "results" / "fusion.md").read_text()
     assert "## tiny" in text and "| ensemble, equal weights |" in text
     assert "fusion concat +1.27 points" in text  # the older record, kept
+
+
+def test_lr_bench_warms_up_then_runs_multiples_of_the_plans_rate(tmp_path):
+    budget_lr = _load("budget_lr")
+    seen = []
+
+    def fake_train(method, data, run_dir, timeout):
+        seen.append(method.extra)
+        lr = float(method.extra[1]) if method.extra else 0.002
+        plan = {"lr": 0.002, "batch_size": 64, "strategy": "freeze:4", "probe_floor": {"kept": "x"}}
+        (run_dir / "plan.json").write_text(json.dumps(plan))
+        (run_dir / "metrics.csv").write_text(f"epoch,val_accuracy\n1,0.5\n2,{0.9 - lr}\n")
+        return {"status": suite.DONE, "test_accuracy": 0.8, "wall_s": 1.0}
+
+    result = budget_lr.measure(Path("/d/sign"), "2m", [0.5, 1, 2], tmp_path, fake_train)
+    assert seen == [(), ("--lr", "0.001"), ("--lr", "0.002"), ("--lr", "0.004")]
+    rows = result["rows"]
+    assert [(r["multiple"], r["lr"]) for r in rows] == [(0.5, 0.001), (1.0, 0.002), (2.0, 0.004)]
+    assert rows[0]["val_accuracy"] == pytest.approx(0.899)
+    assert result["strategy"] == "freeze:4" and rows[0]["kept"] == "x"
+    # a rerun of one multiple on a warm cache: no warm-up, the other rows kept
+    planned = {k: result[k] for k in ("lr", "batch_size", "strategy", "warm_up")}
+    again = budget_lr.measure(Path("/d/sign"), "2m", [1], tmp_path, fake_train, planned)
+    assert seen[4:] == [("--lr", "0.002")]
+    both = budget_lr.merged(result, again)
+    assert [r["multiple"] for r in both["rows"]] == [0.5, 1.0, 2.0]
+    assert both["rows"][1] is again["rows"][0]
+    table = budget_lr.render({"budget": "2m", "machine": "m", "datasets": {"sign": both}})
+    assert "| sign (freeze:4, 64) | 80.00% / 89.90% (0.001," in table
