@@ -44,6 +44,12 @@ AUGMENT_EPOCHS = 20
 # at 96 px: past two epochs, pixels buy more than epochs.
 ERROR_EPOCH_EXPONENT = 0.35
 SATURATING_EPOCHS = 2
+# The early fall is counted in optimizer steps too: two epochs of a small dataset are few steps.
+# On the clothing photos (24 steps an epoch) the Fashion-MNIST model bought pixels with them:
+# `--budget 2m` planned 1.95 epochs at 192 px (47 steps, refitted to 34) and scored 84.9-87.9%
+# test, where 4 epochs at 128 px (96 steps) had scored 91.1%; sign-digits (24 steps an epoch)
+# scored 98.1 / 99.8 / 100% after 48 / 72 / 120 steps (benchmarks/results/budget_lr.md).
+SATURATING_STEPS = 100
 LATE_EPOCH_EXPONENT = 0.05
 ERROR_SIZE_EXPONENT = 0.22
 PROBE_ERROR_FACTOR = 1.2  # frozen features vs one fine-tuning epoch at the same size
@@ -187,14 +193,23 @@ def candidate_sizes(native: int | None, backbone_size: int) -> list[int]:
     return sorted({min(s, backbone_size) for s in sizes if s <= max(backbone_size, 64)}) or [64]
 
 
-def expected_error(image_size: int, epochs: float, backbone_size: int, probe: bool) -> float:
-    """Relative test error (1.0 = one fine-tuning epoch at 64 px): only comparisons matter."""
+def expected_error(
+    image_size: int, epochs: float, backbone_size: int, probe: bool, steps: float | None = None
+) -> float:
+    """Relative test error (1.0 = one fine-tuning epoch at 64 px): only comparisons matter.
+
+    `steps`: the optimizer steps those epochs take. Fewer than `SATURATING_STEPS` count as
+    less than `SATURATING_EPOCHS` of progress, however many passes over the data they make.
+    """
     size = min(image_size, backbone_size)
     by_size = (64 / size) ** ERROR_SIZE_EXPONENT
     if probe:
         return PROBE_ERROR_FACTOR * by_size
     epochs = max(epochs, 1e-9)
-    early = min(epochs, SATURATING_EPOCHS) ** -ERROR_EPOCH_EXPONENT
+    progress = epochs
+    if steps is not None:
+        progress = min(epochs, SATURATING_EPOCHS * max(steps, 1e-9) / SATURATING_STEPS)
+    early = min(progress, SATURATING_EPOCHS) ** -ERROR_EPOCH_EXPONENT
     late = max(1.0, epochs / SATURATING_EPOCHS) ** -LATE_EPOCH_EXPONENT
     return by_size * early * late
 
@@ -319,7 +334,8 @@ def weigh_candidates(inputs: PlanInputs, available: float) -> tuple[list[dict], 
         }
         candidates.append(row)
         if epochs >= 1:
-            err = expected_error(t.image_size, epochs, inputs.backbone_size, probe=False)
+            steps = epochs * math.ceil(inputs.n_train / max(1, inputs.batch_size))
+            err = expected_error(t.image_size, epochs, inputs.backbone_size, False, steps)
             option = {
                 "kind": "finetune", "size": t.image_size, "epochs": epochs, "s": epoch_s,
                 "once_s": once_s, "other_s": other_s, "report_s": report_s,
