@@ -5,15 +5,17 @@ of the real model at candidate sizes), so its choices are testable without a clo
 measures those numbers with a probe of a few seconds and prints the plan with its reasons.
 
 The accuracy model behind the choice is deliberately small and calibrated on this project's
-reference measurements (Fashion-MNIST, EfficientNet-Lite0, 2-core CPU): the error falls like
-epochs^-0.35 for two epochs, then barely (epochs^-0.05), and like size^-0.22 up to the backbone's
-own size; a frozen backbone with a head trained on cached features was about 1.2x the error of
-one fine-tuning epoch. So: fine-tune whenever one whole epoch fits, buy about two epochs, then
-pixels, and fall back to the frozen-feature probe when not even one epoch fits. Epochs need not
-be whole: the last share of the budget trains on a shuffled share of the data each epoch
-(`--steps-per-epoch`), so no plan ends most of an epoch early. Fine-tuning keeps the early,
-high-resolution stages frozen (`early_stages`), and stores their outputs once where flips are
-the only augmentation (`tlearn.training.prefix_cache`), so each epoch computes only the rest.
+reference measurements (Fashion-MNIST, EfficientNet-Lite0, 2-core CPU; the steps on the suite's
+photo sets): the error falls like epochs^-0.35 for two epochs (and at least `SATURATING_STEPS`
+optimizer steps: a small dataset's epoch is few steps), then barely (epochs^-0.05), and like
+size^-0.22 up to the backbone's own size; a frozen backbone with a head trained on cached
+features was about 1.2x the error of one fine-tuning epoch. So: fine-tune whenever one whole
+epoch fits, buy about two epochs (and a hundred steps), then pixels, and fall back to the
+frozen-feature probe when not even one epoch fits. Epochs need not be whole: the last share of
+the budget trains on a shuffled share of the data each epoch (`--steps-per-epoch`), so no plan
+ends most of an epoch early. Fine-tuning keeps the early, high-resolution stages frozen
+(`early_stages`), and stores their outputs once where flips are the only augmentation
+(`tlearn.training.prefix_cache`), so each epoch computes only the rest.
 """
 
 from __future__ import annotations
@@ -415,7 +417,8 @@ def finetune_plan(
     reasons.append(
         f"{fits:.2f} epochs of {strategy} at {size}px fit (~{choice['s']:.0f}s a whole one): "
         f"{epochs} epoch(s){share}; the most accurate trade of pixels for epochs that fits "
-        f"(epochs gain little after {SATURATING_EPOCHS}; {max_epochs(inputs.n_train)} is where "
+        f"(epochs gain little after {SATURATING_EPOCHS} and {SATURATING_STEPS} optimizer steps; "
+        f"{max_epochs(inputs.n_train)} is where "
         "this dataset stops gaining)"
     )
     augment = "flip" if epochs <= AUGMENT_EPOCHS else "light"
