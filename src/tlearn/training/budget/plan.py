@@ -26,6 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from tlearn.config import TrainConfig
+from tlearn.training.budget.error_model import (
+    SATURATING_EPOCHS,
+    SATURATING_STEPS,
+    expected_error,
+    max_epochs,
+)
 from tlearn.training.plan_file import update_plan, write_plan
 
 SAFETY = 1.0  # plan to end at the budget; timing noise may overrun it by a few % (the issue: 10%)
@@ -39,22 +45,6 @@ PROBE_TO_EPOCH = 1.0
 # (30m: 12 epochs) flips scored 94.65% test (94.25% val); flips + shifts 94.31% test (94.70%
 # val): no clear gain; 13 epochs with random resized crops scored 94.11%.
 AUGMENT_EPOCHS = 20
-# The error falls like epochs^-0.35 up to about 2 epochs (a plain fine-tuning script at 64 px:
-# 90.6 / 92.7% test after 1 / 2 epochs), then like epochs^-0.05, and like size^-0.22. Budget
-# plans on Fashion-MNIST (Lite0, 4 stages frozen and stored, flips, one-cycle at 3e-3) scored
-# 94.25 / 94.29 / 94.65% test after 3 / 4 / 12 epochs at 64 px, and 94.61 / 94.97% after 2 / 7
-# at 96 px: past two epochs, pixels buy more than epochs.
-ERROR_EPOCH_EXPONENT = 0.35
-SATURATING_EPOCHS = 2
-# The early fall is counted in optimizer steps too: two epochs of a small dataset are few steps.
-# On the clothing photos (24 steps an epoch) the Fashion-MNIST model bought pixels with them:
-# `--budget 2m` planned 1.95 epochs at 192 px (47 steps, refitted to 34) and scored 84.9-87.9%
-# test, where 4 epochs at 128 px (96 steps) had scored 91.1%; sign-digits (24 steps an epoch)
-# scored 98.1 / 99.8 / 100% after 48 / 72 / 120 steps (benchmarks/results/budget_lr.md).
-SATURATING_STEPS = 100
-LATE_EPOCH_EXPONENT = 0.05
-ERROR_SIZE_EXPONENT = 0.22
-PROBE_ERROR_FACTOR = 1.2  # frozen features vs one fine-tuning epoch at the same size
 # AdamW peak with one-cycle at batch 128 (scaled by sqrt(batch / 128)). Lite0 with 4 stages
 # frozen, 2 epochs on 20,000 Fashion-MNIST images at 64 px: 91.53 / 92.07 / 92.16% test at peak
 # rates 1e-3 / 2e-3 / 4e-3.
@@ -193,32 +183,6 @@ def candidate_sizes(native: int | None, backbone_size: int) -> list[int]:
     else:
         sizes = [96, 128, 160, 192, 224]
     return sorted({min(s, backbone_size) for s in sizes if s <= max(backbone_size, 64)}) or [64]
-
-
-def expected_error(
-    image_size: int, epochs: float, backbone_size: int, probe: bool, steps: float | None = None
-) -> float:
-    """Relative test error (1.0 = one fine-tuning epoch at 64 px): only comparisons matter.
-
-    `steps`: the optimizer steps those epochs take. Fewer than `SATURATING_STEPS` count as
-    less than `SATURATING_EPOCHS` of progress, however many passes over the data they make.
-    """
-    size = min(image_size, backbone_size)
-    by_size = (64 / size) ** ERROR_SIZE_EXPONENT
-    if probe:
-        return PROBE_ERROR_FACTOR * by_size
-    epochs = max(epochs, 1e-9)
-    progress = epochs
-    if steps is not None:
-        progress = min(epochs, SATURATING_EPOCHS * max(steps, 1e-9) / SATURATING_STEPS)
-    early = min(progress, SATURATING_EPOCHS) ** -ERROR_EPOCH_EXPONENT
-    late = max(1.0, epochs / SATURATING_EPOCHS) ** -LATE_EPOCH_EXPONENT
-    return by_size * early * late
-
-
-def max_epochs(n_train: int) -> int:
-    """Where more epochs stop paying: about 3 million images seen, 10 to 60 epochs."""
-    return int(min(60, max(10, round(3_000_000 / max(1, n_train)))))
 
 
 def epochs_at(
