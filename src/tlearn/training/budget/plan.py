@@ -93,6 +93,11 @@ class PlanInputs:
     frozen_stages: int = 0  # early stages kept frozen when fine-tuning (throughputs measured so)
     report_images: int = 0  # held-out images report.html scores after training (0: no report)
 
+    @property
+    def full_steps(self) -> int:
+        """Optimizer steps of one whole epoch at the planned batch."""
+        return math.ceil(self.n_train / max(1, self.batch_size))
+
 
 def budget_batch_size(n_train: int) -> int:
     """The batch a budget plan trains at: enough steps an epoch, whatever the data's size."""
@@ -253,7 +258,7 @@ def make_plan(inputs: PlanInputs) -> Plan:
     plan.report_s = round(best["report_s"], 1)
     plan.batch_size = inputs.batch_size
     if plan.strategy != "linear-probe":
-        steps = math.ceil(inputs.n_train / max(1, inputs.batch_size))
+        steps = inputs.full_steps
         plan.reasons.append(
             f"batch {inputs.batch_size}: {steps} optimizer steps a whole epoch (a budget run's "
             f"batch is the largest up to {BATCH_BOUNDS[1]} that gives at least "
@@ -300,7 +305,7 @@ def weigh_candidates(inputs: PlanInputs, available: float) -> tuple[list[dict], 
         }
         candidates.append(row)
         if epochs >= 1:
-            steps = epochs * math.ceil(inputs.n_train / max(1, inputs.batch_size))
+            steps = epochs * inputs.full_steps
             err = expected_error(t.image_size, epochs, inputs.backbone_size, False, steps)
             option = {
                 "kind": "finetune", "size": t.image_size, "epochs": epochs, "s": epoch_s,
@@ -369,7 +374,7 @@ def finetune_plan(
 ) -> Plan:
     """The fine-tuning option chosen: its epochs split into equal shares, and why."""
     size, fits = choice["size"], choice["epochs"]
-    full_steps = math.ceil(inputs.n_train / max(1, inputs.batch_size))
+    full_steps = inputs.full_steps
     epochs, steps_per_epoch = split_epochs(fits, full_steps)
     strategy, lr = finetune_strategy(inputs, reasons)
     share = (
@@ -382,8 +387,7 @@ def finetune_plan(
         f"{fits:.2f} epochs of {strategy} at {size}px fit (~{choice['s']:.0f}s a whole one): "
         f"{epochs} epoch(s){share}; the most accurate trade of pixels for epochs that fits "
         f"(epochs gain little after {SATURATING_EPOCHS} and {SATURATING_STEPS} optimizer steps; "
-        f"{max_epochs(inputs.n_train)} is where "
-        "this dataset stops gaining)"
+        f"{max_epochs(inputs.n_train)} is where this dataset stops gaining)"
     )
     augment = "flip" if epochs <= AUGMENT_EPOCHS else "light"
     reasons.append(
