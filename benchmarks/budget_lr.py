@@ -128,11 +128,22 @@ def fmt(row: dict | None) -> str:
     return f"{row['test_accuracy']:.2%} / {val_text} ({row['lr']:.2g}, {row['wall_s']:.0f} s)"
 
 
+def multiples(text: str) -> list[float]:
+    """`--multipliers 0.33,1,3`: positive numbers; argparse turns the error into one line."""
+    try:
+        values = [float(m) for m in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of positive numbers (0.33,1,3)")
+    return values
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("datasets", nargs="+", type=Path, help="ImageFolder trees")
     parser.add_argument("--budget", default="2m")
-    parser.add_argument("--multipliers", default="0.33,1,3")
+    parser.add_argument("--multipliers", type=multiples, default="0.33,1,3")
     parser.add_argument("--note", action="append", default=[], help="a line for the table")
     parser.add_argument("--out", type=Path, default=suite.RESULTS)
     parser.add_argument("--work", type=Path, help="run folders (default: a temporary folder)")
@@ -142,7 +153,7 @@ def main() -> None:
         help="the cache in --work is warm: take the plan's rate from OUT/budget_lr.json",
     )
     args = parser.parse_args()
-    multipliers = [float(m) for m in args.multipliers.split(",")]
+    multipliers = args.multipliers
     work = (args.work or Path(tempfile.mkdtemp(prefix="tlearn-lr-"))).resolve()
     machine = suite.machine_info()
     path = args.out / "budget_lr.json"

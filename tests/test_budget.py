@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from types import SimpleNamespace
 
 import pytest
@@ -27,6 +29,7 @@ from tlearn.training.budget import (
 )
 from tlearn.training.budget.plan import REPORT_FIXED_S
 from tlearn.training.budget.probe import report_images
+from tlearn.training.interrupt import Interrupted
 from tlearn.training.state import load_state
 
 
@@ -232,7 +235,8 @@ def test_budget_run_records_its_plan_and_the_resolved_config(make_image_folder, 
     assert config.epochs == plan["epochs"] and config.image_size == plan["image_size"]
     assert any(line.startswith("plan for --budget 30s") for line in lines)
     assert any("because" in line for line in lines)
-    assert len(metric_rows(out)) <= plan["epochs"]
+    ran_to = plan["events"][-1]["epochs"] if plan.get("events") else plan["epochs"]
+    assert len(metric_rows(out)) <= ran_to  # planned, or as the keeper refitted it
 
 
 def test_refit_follows_the_real_speed_of_the_first_steps():
@@ -340,6 +344,85 @@ def test_a_budget_run_that_slows_down_still_anneals_by_its_end(
     # the schedule ended with the run: its last step trained at the end of the cosine
     lr = state["optimizer"]["param_groups"][0]["lr"]
     assert lr < 0.05 * state["optimizer"]["param_groups"][0]["initial_lr"]
+
+
+def gradual_plan(monkeypatch, epochs: int) -> None:
+    """The planner plans `gradual` for `epochs` (little data), whatever it measured."""
+    import tlearn.training.budget.probe as planner
+
+    def planned(inputs: PlanInputs) -> planner.Plan:
+        plan = make_plan(inputs)
+        plan.strategy, plan.epochs, plan.steps_per_epoch = "gradual", epochs, None
+        return plan
+
+    monkeypatch.setattr(planner, "make_plan", planned)
+
+
+def test_a_gradual_budget_run_stretches_its_last_phase_and_resumes_its_thaw(
+    make_image_folder, tmp_path, monkeypatch, fake_clock
+):
+    gradual_plan(monkeypatch, 3)  # the head alone for 1 epoch, then the whole network for 2
+    SlowsDown.clock, SlowsDown.tick, SlowsDown.after, SlowsDown.calls = fake_clock, 0.1, 10**9, 0
+    monkeypatch.setattr(torch.nn, "CrossEntropyLoss", SlowsDown)  # 0.1 s a step on the clock
+    lines: list[str] = []
+    data = make_image_folder(n=12)  # 18 training images: 9 steps of 2 an epoch
+    options = {**TINY, "batch_size": 2, "image_size": None, "deterministic": True}
+    options.pop("log")
+    tlearn.train(str(data), out=str(tmp_path / "a"), budget="30s", **options, log=lines.append)
+    assert not any(line.startswith("refitted to the budget") for line in lines)  # head-only
+    stretched = [line for line in lines if "the budget is leaving time" in line]
+    assert stretched, "\n".join(lines)
+    plan = json.loads((tmp_path / "a" / "plan.json").read_text())
+    final = plan["events"][-1]
+    assert plan["run"]["phases"][0] == {"epochs": 1, "trainable_stages": 0}
+    assert final["epochs"] > 3 and len(metric_rows(tmp_path / "a")) == final["epochs"]
+    phases = [line for line in lines if line.startswith("phase:")]
+    assert len(phases) == 2 and phases[1].startswith("phase: 2 epoch(s)")  # as planned
+    # interrupted in the stretched part (epoch 5), then resumed: the thaw and the length hold
+    SlowsDown.calls, SlowsDown.after = 0, 10**9
+    monkeypatch.setattr(torch.nn, "CrossEntropyLoss", InterruptAt)
+    InterruptAt.at, InterruptAt.trained = 4 * 9 + 2, 0
+    b = tmp_path / "b"
+    with pytest.raises(Interrupted):
+        tlearn.train(str(data), out=str(b), budget="30s", **options, log=print)
+    length = load_state(b / "state.pt")["budget"]["lengths"]["epochs"]
+    assert length > 3 and metric_rows(b) == metric_rows(tmp_path / "a")[:4]
+    monkeypatch.setattr(torch.nn, "CrossEntropyLoss", SlowsDown)
+    resumed: list[str] = []
+    tlearn.train(resume=str(b), log=resumed.append)
+    # planned as config.yaml says (the head alone for 1 epoch), the refitted length in the last
+    assert [line for line in resumed if line.startswith("phase:")] == [
+        f"phase: {length - 1} epoch(s), top 5 backbone stage(s) training, 372,882 trainable "
+        "parameters"
+    ]
+    assert len(metric_rows(b)) == length  # a resumed run only ever shortens: not this one
+
+
+class InterruptAt(SlowsDown):
+    """`SlowsDown` at 0.1 s a step that sends itself SIGINT at training call `at`."""
+
+    at, trained = 0, 0
+
+    def forward(self, logits, labels):
+        cls = type(self)
+        if logits.requires_grad:  # a training step, not validation
+            cls.trained += 1
+            if cls.trained == cls.at:
+                os.kill(os.getpid(), signal.SIGINT)
+        return super().forward(logits, labels)
+
+
+def test_a_refit_moves_only_the_last_phase():
+    from tlearn.training.strategies import plan_backbone_phases
+
+    planned = plan_backbone_phases("gradual", 7, [8])
+    longer = plan_backbone_phases("gradual", 7, [8], ending_at=11)
+    assert longer[:-1] == planned[:-1] and longer[-1].trainable_stages == 8
+    assert sum(p.epochs for p in longer) == 11 and longer[-1].epochs == planned[-1].epochs + 4
+    assert plan_backbone_phases("gradual", 7, [8], ending_at=4)[-1].epochs == 1
+    assert plan_backbone_phases("gradual", 7, [8], ending_at=7) == planned
+    with pytest.raises(TlearnError, match="ends before its last phase starts"):
+        plan_backbone_phases("gradual", 7, [8], ending_at=3)
 
 
 def test_budget_stops_before_an_epoch_that_would_overrun(make_image_folder, tmp_path):

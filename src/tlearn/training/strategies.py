@@ -61,13 +61,33 @@ def plan_phases(strategy: str, epochs: int, num_stages: int) -> list[Phase]:
     raise TlearnError(f"unknown strategy {strategy!r}")
 
 
-def plan_backbone_phases(strategy: str, epochs: int, stage_counts: list[int]) -> list[Phase]:
-    """`plan_phases` for several backbones, each by its own depth.
+def plan_backbone_phases(
+    strategy: str, epochs: int, stage_counts: list[int], ending_at: int | None = None
+) -> list[Phase]:
+    """`plan_phases` for several backbones, each by its own depth; with `ending_at`, the last
+    phase stretched or shrunk to end there.
 
     `finetune` trains every stage of every backbone, `freeze:N` freezes the first N stages of
     each, and `gradual` thaws each from the top at its own pace so all are thawed at the same
     epoch. The per-epoch counts are merged into phases where they do not change.
+
+    A `--budget` refit changes only the last phase's length (`budget.keeper`): the thaw is
+    planned from the epochs config.yaml holds, so a resumed run thaws at the same epochs.
     """
+    phases = _backbone_phases(strategy, epochs, stage_counts)
+    if ending_at is None or ending_at == epochs:
+        return phases
+    last = phases[-1]
+    before = epochs - last.epochs
+    if ending_at <= before:
+        raise TlearnError(
+            f"a run of {ending_at} epoch(s) ends before its last phase starts (epoch "
+            f"{before + 1}): state.pt does not belong to config.yaml; start a new run"
+        )
+    return [*phases[:-1], Phase(ending_at - before, last.trainable_stages, last.per_backbone)]
+
+
+def _backbone_phases(strategy: str, epochs: int, stage_counts: list[int]) -> list[Phase]:
     if len(set(stage_counts)) <= 1:
         return plan_phases(strategy, epochs, stage_counts[0] if stage_counts else 0)
     per_epoch = []

@@ -148,14 +148,14 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
     cfg.fill_defaults()  # what neither the user nor a plan chose
     if solves_head(cfg, strategy):
         cfg.epochs = 1  # one solve, recorded as one epoch
-    resumed_length(cfg, state)  # where a --budget refit left the run's length
+    planned_epochs = resumed_length(cfg, state)  # where a --budget refit left the length
     refuse_weights_file_for_several(cfg)
     cfg.resolve_step_defaults(strategy)
     if cfg.lr == "auto":  # the LR finder's suggestion becomes the run's rate (and its config's)
         cfg.lr = suggested_lr(cfg, splits, strategy, device, precision, run_dir, log)
     backbones, taps, model = build_network(cfg, len(splits.classes), strategy, device)
     stages = [b.stages() for b in backbones]
-    phases = plan_backbone_phases(strategy, cfg.epochs, [len(s) for s in stages])
+    phases = plan_backbone_phases(strategy, planned_epochs, [len(s) for s in stages], cfg.epochs)
     data_pre = model_input([b.preprocessing for b in backbones])
 
     # A frozen backbone's features never change: compute them once (flips included) and train
@@ -196,7 +196,7 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
     cfg.batch_size = distributed.per_process_batch(cfg.batch_size, trainer.processes)
     log_job(cfg, trainer.processes, log)
     refits = plan is not None and "epochs" not in plan.kept  # the user's epochs: only shortened
-    if refits and plan.strategy != "linear-probe" and len(phases) == 1:
+    if refits and plan.strategy != "linear-probe":
         trainer.budget.plan = plan  # refitted to the first steps' real speed, then at each epoch
     if plan is not None and path in ("stored-stages", "images") and splits.val is not None:
         trainer.keep_probe_floor()

@@ -30,11 +30,17 @@ BUDGET_OVERRUN = 1.05
 LENGTH = ("epochs", "steps_per_epoch", "last_epoch_steps")  # what a refit changes
 
 
-def resumed_length(cfg: TrainConfig, state: dict | None) -> None:
-    """A resumed run trains to the length its refits left (config.yaml has the planned one)."""
+def resumed_length(cfg: TrainConfig, state: dict | None) -> int:
+    """A resumed run trains to the length its refits left (config.yaml has the planned one).
+
+    Returns the planned epochs: the strategy's phases are planned from them, and only the last
+    phase takes the refitted length (`plan_backbone_phases`'s `ending_at`).
+    """
+    planned = int(cfg.epochs or 0)
     lengths = ((state or {}).get("budget") or {}).get("lengths")
     for key, value in (lengths or {}).items():
         setattr(cfg, key, value)
+    return planned
 
 
 class BudgetKeeper(Hook):
@@ -68,7 +74,9 @@ class BudgetKeeper(Hook):
         self.refitted, self.lengths = bool(state["refitted"]), state["lengths"]
 
     def after_step(self, loop: Any, run: PhaseRun, step: Step) -> None:
-        if self.plan is not None and not self.refitted and loop.position.epoch == 0:
+        # several phases: the first (the head alone) runs far faster than the rest will
+        one_phase = run.first == 0 and run.epochs == loop.cfg.epochs
+        if self.plan is not None and not self.refitted and loop.position.epoch == 0 and one_phase:
             self.refit_to_speed(loop, run, step.batches, step.progress.step)
 
     def on_epoch_end(self, loop: Any, run: PhaseRun, end: EpochEnd) -> str | None:
@@ -150,8 +158,8 @@ class BudgetKeeper(Hook):
         budget. True when what is left now fits.
         """
         cfg = loop.cfg
-        if run.size_of or run.first != 0 or run.epochs != cfg.epochs:
-            return False  # progressive sizes or several phases: the stop rule alone
+        if run.size_of or run.first + run.epochs != cfg.epochs:
+            return False  # progressive sizes, or a phase before the last: the stop rule alone
         done = loop.position.epoch
         step_s = stats.seconds / max(1, loop.epoch_steps(loader, done - 1))
         other_s = max(0.0, loop.clock.now() - loop.epoch_started - stats.seconds) + 1.0
@@ -169,7 +177,8 @@ class BudgetKeeper(Hook):
         longer = (epochs_left - 1) * full + last > (planned_left - 1) * full + last_planned
         if longer and self.plan is None:
             return True  # the user's epochs are a plan of their own: only ever shortened
-        cfg.epochs = run.epochs = done + epochs_left
+        cfg.epochs = done + epochs_left
+        run.epochs = cfg.epochs - run.first  # the last phase takes the change
         cfg.last_epoch_steps = last if last < full else None
         loop.reschedule(run, loader)
         note = (
