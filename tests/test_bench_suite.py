@@ -196,3 +196,30 @@ def test_lr_bench_warms_up_then_runs_multiples_of_the_plans_rate(tmp_path):
     assert both["rows"][1] is again["rows"][0]
     table = budget_lr.render({"budget": "2m", "machine": "m", "datasets": {"sign": both}})
     assert "| sign (freeze:4, 64) | 80.00% / 89.90% (0.001," in table
+
+
+def test_probe_accuracy_compares_the_planned_size_on_the_path_taken(tmp_path):
+    probe_accuracy = _load("probe_accuracy")
+    run = tmp_path / "gradual-run"
+    run.mkdir()
+    plan = {
+        "strategy": "gradual",
+        "image_size": 128,
+        "batch_size": 32,
+        "candidates": [
+            {"image_size": 96, "train_ips": 90.0, "stored_train_ips": None},
+            {"image_size": 128, "train_ips": 60.0, "stored_train_ips": 80.0},
+        ],
+        "run": {"input_path": "images", "phases": [{"epochs": 1}, {"epochs": 1}, {"epochs": 3}]},
+    }
+    (run / "plan.json").write_text(json.dumps(plan))
+    speeds = [200, 90, 50, 40, 48]  # the head alone, a partial thaw, then the whole network
+    rows = "".join(f"{e + 1},{ips}\n" for e, ips in enumerate(speeds))
+    (run / "metrics.csv").write_text("epoch,images_per_s\n" + rows)
+    row = probe_accuracy.measure(run)
+    assert (row["probe_ips"], row["epoch_ips"]) == (60.0, 48.0)  # the last phase's median
+    assert row["probe_over_epoch"] == 1.25
+    plan["run"] = {"input_path": "stored-stages", "phases": [{"epochs": 5}]}
+    (run / "plan.json").write_text(json.dumps(plan))
+    row = probe_accuracy.measure(run)  # stored stages: that probe; the first epoch warms up
+    assert (row["probe_ips"], row["epoch_ips"]) == (80.0, 49.0)
