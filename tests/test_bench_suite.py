@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import random
 import shutil
 import sys
 from pathlib import Path
@@ -223,3 +224,36 @@ def test_probe_accuracy_compares_the_planned_size_on_the_path_taken(tmp_path):
     (run / "plan.json").write_text(json.dumps(plan))
     row = probe_accuracy.measure(run)  # stored stages: that probe; the first epoch warms up
     assert (row["probe_ips"], row["epoch_ips"]) == (80.0, 49.0)
+
+
+def _tree(root: Path) -> None:
+    for part, n in (("train", 5), ("val", 1), ("test", 2)):
+        for c in ("a", "b"):
+            folder = root / part / c
+            folder.mkdir(parents=True)
+            for i in range(n):
+                (folder / f"{i}.png").write_bytes(b"x")
+
+
+def test_subset_draws_the_same_images_for_a_seed(tmp_path):
+    subset = _load("subset")
+    _tree(tmp_path / "src")
+    made = [
+        subset.make_subset(tmp_path / "src", tmp_path / f"s{k}", 2, [], ["val", "test"], seed)
+        for k, seed in enumerate((7, 7, 8))
+    ]
+    assert made == [(4, 6)] * 3
+
+    def names(k: int) -> list[str]:
+        return sorted(p.name for p in (tmp_path / f"s{k}" / "train" / "a").iterdir())
+
+    assert names(0) == names(1)
+    expected = random.Random(8).sample([f"{i}.png" for i in range(5)], 2)
+    assert names(2) == sorted(expected)
+    test_names = sorted(p.name for p in (tmp_path / "s0" / "test" / "b").iterdir())
+    assert test_names == ["test-0.png", "test-1.png", "val-0.png"]
+    assert (tmp_path / "s0" / "train" / "a" / names(0)[0]).resolve().parent == (
+        tmp_path / "src" / "train" / "a"
+    ).resolve()
+    with pytest.raises(SystemExit, match="exists"):
+        subset.make_subset(tmp_path / "src", tmp_path / "s0", 2, [], ["test"], 0)
