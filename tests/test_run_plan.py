@@ -21,7 +21,9 @@ def test_the_default_run_says_what_it_chose_and_why(make_image_folder, tmp_path)
     assert plan["head_fit"] == "lbfgs" and plan["epochs"] == 1
     assert plan["why"]["strategy"].startswith("auto: a linear probe on a CPU")
     assert plan["why"]["epochs"] == "one solve, recorded as one epoch"
-    assert plan["why"]["features"].startswith("auto: the candidate with the lowest validation")
+    assert plan["why"]["features"].startswith(
+        "auto: the candidate with the lowest train + val cross-validation"
+    )
     assert plan["phases"] == [{"epochs": 1, "trainable_stages": 0}]
 
 

@@ -12,7 +12,15 @@ import yaml
 
 import tlearn
 from fast import TINY
-from tlearn.training.solve import fit_probe, out_of_fold_logits, solve_logistic, standardisation
+from tlearn.training.features import FeatureSet
+from tlearn.training.linear_probe import SMALL_VALIDATION, solve_candidates
+from tlearn.training.solve import (
+    cross_validate,
+    fit_probe,
+    out_of_fold_logits,
+    solve_logistic,
+    standardisation,
+)
 
 
 def blobs(n: int, d: int = 40, classes: int = 3, noise: float = 1.0, seed: int = 0):
@@ -77,6 +85,37 @@ def test_without_validation_it_cross_validates():
     assert fit.val_accuracy is not None and fit.val_accuracy > 0.9
 
 
+def test_cross_validation_keeps_a_mirror_out_with_its_image():
+    """Random labels on noise: a weakly regularised fit memorises its rows, so an image whose
+    exact mirror trained beside it would be scored right; held out together, it is chance."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(80, 120, generator=g), torch.randint(0, 2, (80,), generator=g)
+    mirrors = (x.clone(), torch.arange(80))
+    tried = cross_validate(x, y, 2, mirrors=mirrors, grid=(1e-5,))
+    assert tried[0]["val_accuracy"] < 0.75
+
+
+def candidates_on(n_train: int, n_val: int) -> tuple[str, object, list[dict], str]:
+    """Two candidates: the first 10 columns (signal) or all 60 (signal and noise)."""
+    x, y = blobs(n_train + n_val, d=60, noise=2.0, seed=3)
+    x[:, 10:] = torch.randn(len(y), 50, generator=torch.Generator().manual_seed(4)) * 3
+    train, val = FeatureSet(x[:n_train], y[:n_train]), FeatureSet(x[n_train:], y[n_train:])
+    return solve_candidates(train, val, {"last": torch.arange(10), "stages": None}, 3, None, 0)
+
+
+def test_a_small_validation_split_chooses_by_folds_over_train_and_val():
+    """Under SMALL_VALIDATION images the features and strength are chosen by 5-fold over every
+    labelled image; the head is still fitted on train alone, so its validation score is honest."""
+    chosen, fit, rows, on = candidates_on(300, 30)
+    assert on == "cv-train-val" and chosen == "last"
+    x, y = blobs(330, d=60, noise=2.0, seed=3)
+    pooled = cross_validate(x[:, :10], y, 3)
+    assert rows[0]["val_loss"] == round(min(t["val_loss"] for t in pooled), 5)
+    assert fit.l2 == rows[0]["l2"] and len(fit.tried) == 1
+    _, _, _, on = candidates_on(300, SMALL_VALIDATION)
+    assert on == "validation"
+
+
 def rows(run: Path) -> list[dict]:
     with open(run / "metrics.csv", newline="") as f:
         return list(csv.DictReader(f))
@@ -102,6 +141,8 @@ def test_default_linear_probe_run_is_solved(make_image_folder, tmp_path):
     plan = json.loads((out / "plan.json").read_text())
     chosen = plan["head_fit"]["chosen"]
     assert chosen == config["features"]
+    assert plan["head_fit"]["chosen_on"] == "cv-train-val"  # 3 of 24 images validate
+    assert any("cross-validation on the training and validation" in line for line in lines)
     assert {c["features"] for c in plan["head_fit"]["candidates"]} == {"last", "stages"}
     reloaded = tlearn.load(out / "best.safetensors")
     taps = reloaded.spec.backbones[0]["taps"]

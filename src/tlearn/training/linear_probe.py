@@ -25,9 +25,29 @@ from tlearn.training.balance import class_weights
 from tlearn.training.build import build_classifier
 from tlearn.training.features import FeatureSet, split_features
 from tlearn.training.plan_file import set_plan_entry
-from tlearn.training.solve import ProbeFit, fit_probe, out_of_fold_logits
+from tlearn.training.solve import (
+    CHOICE_FOLDS,
+    CV_FOLDS,
+    L2_GRID,
+    ProbeFit,
+    best_strength,
+    cross_validate,
+    fit_probe,
+    out_of_fold_logits,
+)
 
 Log = Callable[[str], None]
+
+# Below this many validation images one image moves accuracy by half a point or more, and the
+# candidates' losses differ by less than their noise: the choice is then made by k-fold over
+# train + val together, which scores every labelled image (benchmarks/results/probe_choice.md).
+SMALL_VALIDATION = 200
+CV_MAX = 5000  # images: above this the folds' solves cost more than the choice is worth
+CHOSEN_ON = {
+    "validation": "validation",
+    "cv": f"{CV_FOLDS}-fold cross-validation on the training images",
+    "cv-train-val": f"{CHOICE_FOLDS}-fold cross-validation on the training and validation images",
+}
 
 
 @dataclass
@@ -40,6 +60,7 @@ class SolvedProbe:
     val: FeatureSet | None
     seconds: float  # solving, all candidates together
     candidates: list[dict]  # per feature set: its best strength and validation scores
+    chosen_on: str = "validation"  # a key of CHOSEN_ON
     # each training row's out-of-fold logits, for the temperature (None: --no-calibration)
     held_out: torch.Tensor | None = None
 
@@ -81,14 +102,11 @@ def solve_probe(
     if cfg.balance != "none":  # full batch: a sampler's draws come to the same weights
         weight = class_weights(splits.train.targets, len(splits.classes))
     started = time.perf_counter()
-    fits = {
-        name: fit_on(train, val, columns, len(splits.classes), weight, cfg.seed)
-        for name, columns in candidates.items()
-    }
+    chosen, fit, rows, on = solve_candidates(
+        train, val, candidates, len(splits.classes), weight, cfg.seed
+    )
     seconds = time.perf_counter() - started
-    rows = [candidate_row(name, f) for name, f in fits.items()]
-    chosen = choose(fits)
-    log_choice(rows, chosen, val is not None, seconds, log)
+    log_choice(rows, chosen, on, seconds, log)
     if chosen == "last" and tapped:
         taps = [[] for _ in backbones]
         model = build_classifier(backbones, len(splits.classes), cfg, taps).to(device)
@@ -96,8 +114,8 @@ def solve_probe(
         columns = candidates["last"]
         train = select(train, columns)
         val = select(val, columns) if val is not None else None
-    record_choice(Path(cfg.out or "."), chosen, rows, "validation" if val is not None else "cv")
-    probe = SolvedProbe(chosen, fits[chosen], train, val, seconds, rows)
+    record_choice(Path(cfg.out or "."), chosen, rows, on)
+    probe = SolvedProbe(chosen, fit, train, val, seconds, rows, on)
     if cfg.calibration:
         probe.held_out = held_out_logits(probe, len(splits.classes), weight, cfg.seed, log)
     return model, taps, probe
@@ -145,6 +163,61 @@ def select(features: FeatureSet, columns: torch.Tensor | None) -> FeatureSet:
     return FeatureSet(features.features[:, columns], features.labels, flipped, features.indices)
 
 
+def solve_candidates(
+    train: FeatureSet,
+    val: FeatureSet | None,
+    candidates: dict[str, torch.Tensor | None],
+    num_classes: int,
+    weight: torch.Tensor | None,
+    seed: int,
+) -> tuple[str, ProbeFit, list[dict], str]:
+    """The chosen candidate, its fit on the training images, every candidate's row, and what
+    they were compared on (a key of `CHOSEN_ON`)."""
+    if not too_small(val, train):
+        fits = {
+            name: fit_on(train, val, c, num_classes, weight, seed) for name, c in candidates.items()
+        }
+        chosen = choose(fits)
+        rows = [candidate_row(name, f) for name, f in fits.items()]
+        return chosen, fits[chosen], rows, "validation" if val is not None else "cv"
+    tried = {
+        name: pooled_cross_validation(train, val, c, num_classes, weight, seed)
+        for name, c in candidates.items()
+    }
+    best = {name: best_strength(t) for name, t in tried.items()}
+    chosen = min(best, key=lambda k: (best[k]["val_loss"], k != "last"))
+    l2 = best[chosen]["l2"]
+    fit = fit_on(train, val, candidates[chosen], num_classes, weight, seed, grid=(l2,))
+    rows = [cv_row(name, width(train, candidates[name]), best[name], tried[name]) for name in tried]
+    return chosen, fit, rows, "cv-train-val"
+
+
+def too_small(val: FeatureSet | None, train: FeatureSet) -> bool:
+    """A validation split too small to choose on, beside a set small enough to fold cheaply."""
+    if val is None:
+        return False
+    return len(val.labels) < SMALL_VALIDATION and len(val.labels) + len(train.labels) <= CV_MAX
+
+
+def pooled_cross_validation(
+    train: FeatureSet,
+    val: FeatureSet,
+    columns: torch.Tensor | None,
+    num_classes: int,
+    weight: torch.Tensor | None,
+    seed: int,
+) -> list[dict]:
+    """One candidate's strengths scored by k-fold over the training and validation images."""
+    t, v = select(train, columns), select(val, columns)
+    x, y = torch.cat([t.features, v.features]), torch.cat([t.labels, v.labels])
+    mirrors = (t.flipped, torch.arange(len(t.labels))) if t.flipped is not None else None
+    return cross_validate(x, y, num_classes, mirrors=mirrors, class_weight=weight, seed=seed)
+
+
+def width(features: FeatureSet, columns: torch.Tensor | None) -> int:
+    return int(features.features.shape[1] if columns is None else len(columns))
+
+
 def fit_on(
     train: FeatureSet,
     val: FeatureSet | None,
@@ -152,6 +225,7 @@ def fit_on(
     num_classes: int,
     weight: torch.Tensor | None,
     seed: int,
+    grid: Sequence[float] = L2_GRID,
 ) -> ProbeFit:
     """One candidate's fit; mirrored training images (`--augment flip`) are extra rows."""
     chosen = select(train, columns)
@@ -160,7 +234,7 @@ def fit_on(
         x = torch.cat([x, chosen.flipped])
         y = torch.cat([y, y])
     vx, vy = select(val, columns) if val is not None else (None, None)
-    return fit_probe(x, y, vx, vy, num_classes, class_weight=weight, seed=seed)
+    return fit_probe(x, y, vx, vy, num_classes, grid=grid, class_weight=weight, seed=seed)
 
 
 def choose(fits: dict[str, ProbeFit]) -> str:
@@ -179,8 +253,19 @@ def candidate_row(name: str, fit: ProbeFit) -> dict:
     }
 
 
-def log_choice(rows: list[dict], chosen: str, has_val: bool, seconds: float, log: Log) -> None:
-    where = "validation" if has_val else "3-fold cross-validation on the training images"
+def cv_row(name: str, width: int, best: dict, tried: list[dict]) -> dict:
+    return {
+        "features": name,
+        "width": width,
+        "l2": best["l2"],
+        "val_accuracy": round(best["val_accuracy"], 5),
+        "val_loss": round(best["val_loss"], 5),
+        "strengths": [{k: round(v, 6) for k, v in t.items()} for t in tried],
+    }
+
+
+def log_choice(rows: list[dict], chosen: str, on: str, seconds: float, log: Log) -> None:
+    where = CHOSEN_ON[on]
     for r in rows:
         log(
             f"  linear head on {r['features']} features ({r['width']} wide): best L2 {r['l2']:g}, "

@@ -23,6 +23,7 @@ from torch import Tensor
 L2_GRID = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
 MAX_ITER = 100  # L-BFGS iterations per strength; warm starts need fewer
 CV_FOLDS = 3  # without a validation set, the strength is chosen by k-fold on the training rows
+CHOICE_FOLDS = 5  # folds of train + validation when the validation split is too small to choose
 
 
 @dataclass
@@ -124,7 +125,9 @@ def fit_probe(
         best = _best(tried)
         weight, bias, loss = fits[best]
     else:
-        tried = _cross_validated(z, train_y, num_classes, grid, class_weight, seed)
+        tried = cross_validate(
+            z, train_y, num_classes, grid=grid, class_weight=class_weight, seed=seed, folds=CV_FOLDS
+        )
         best = _best(tried)
         weight, bias, loss = solve_logistic(
             z, train_y, num_classes, grid[best], class_weight=class_weight
@@ -151,21 +154,45 @@ def _sweep(z, y, zv, yv, num_classes, grid, class_weight, stop_early=True):
     return tried, fits
 
 
-def _cross_validated(z, y, num_classes, grid, class_weight, seed) -> list[dict]:
-    """Each strength's accuracy and loss over `CV_FOLDS` folds of the training rows."""
+def cross_validate(
+    x: Tensor,
+    y: Tensor,
+    num_classes: int,
+    *,
+    mirrors: tuple[Tensor, Tensor] | None = None,
+    grid: Sequence[float] = L2_GRID,
+    class_weight: Tensor | None = None,
+    seed: int = 0,
+    folds: int = CHOICE_FOLDS,
+) -> list[dict]:
+    """Each strength's accuracy and loss on images held out fold by fold, pooled over the folds.
+
+    `mirrors` is (features, owner): extra training rows, each the mirror of image `owner`, which
+    train only when their image does (a mirror beside its held-out image would leak its label).
+    """
+    rows = x.float() if mirrors is None else torch.cat([x.float(), mirrors[0].float()])
+    mean, scale = standardisation(rows)
+    z = (x.float() - mean) / scale
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    folds = order.chunk(min(CV_FOLDS, max(2, len(y))))
     totals = [{"l2": l2, "val_accuracy": 0.0, "val_loss": 0.0} for l2 in grid]
-    for held in folds:
+    for held in order.chunk(min(folds, max(2, len(y)))):
         keep = torch.ones(len(y), dtype=torch.bool)
         keep[held] = False
-        tried, _ = _sweep(
-            z[keep], y[keep], z[held], y[held], num_classes, grid, class_weight, stop_early=False
-        )
+        zk, yk = z[keep], y[keep]
+        if mirrors is not None:
+            extra = keep[mirrors[1]]
+            zk = torch.cat([zk, (mirrors[0][extra].float() - mean) / scale])
+            yk = torch.cat([yk, y[mirrors[1][extra]]])
+        tried, _ = _sweep(zk, yk, z[held], y[held], num_classes, grid, class_weight, False)
         for total, t in zip(totals, tried, strict=True):
             total["val_accuracy"] += t["val_accuracy"] * len(held) / len(y)
             total["val_loss"] += t["val_loss"] * len(held) / len(y)
     return totals
+
+
+def best_strength(tried: list[dict]) -> dict:
+    """The row of `tried` that `fit_probe` would choose."""
+    return tried[_best(tried)]
 
 
 def _best(tried: list[dict]) -> int:

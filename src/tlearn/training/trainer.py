@@ -37,7 +37,7 @@ from tlearn.training.epochs import Epochs
 from tlearn.training.feeds import train_on
 from tlearn.training.interrupt import StopRequests
 from tlearn.training.ledger import printable
-from tlearn.training.linear_probe import resolve_head_fit, solve_probe, solves_head
+from tlearn.training.linear_probe import SolvedProbe, resolve_head_fit, solve_probe, solves_head
 from tlearn.training.lr_find import find_for_run
 from tlearn.training.prefix_cache import plan_prefix
 from tlearn.training.resolve import load_run_splits, prepare_run_dir, resolve_strategy
@@ -188,7 +188,7 @@ def _fit(cfg: TrainConfig, log: Log, resume: bool, stop: StopRequests) -> RunRes
     path = "stored-stages" if prefix is not None else path
     if state is None:  # what the run will do and why, once, before its first step
         found = Resolved(strategy, path, phases, precision, inference_precision, bool(plan),
-                         chosen_on(probe, splits))  # fmt: skip
+                         chosen_on(probe))  # fmt: skip
         write_run_plan(run_dir, run_plan(asked, cfg, found))
     trainer = Epochs(cfg, model, spec, splits, run_dir, device, autocast, log, stop, state, clock)
     trainer.setup_s = clock.now() - started
@@ -213,11 +213,18 @@ def refuse_weights_file_for_several(cfg: TrainConfig) -> None:
         )
 
 
-def chosen_on(probe: object, splits: Splits) -> str | None:
+def chosen_on(probe: SolvedProbe | None) -> str | None:
     """What the solved probe's candidates were compared on (None: no probe was solved)."""
     if probe is None:
         return None
-    return "validation" if splits.val is not None else "cross-validation"
+    return SOLVED_ON[probe.chosen_on]
+
+
+SOLVED_ON = {
+    "validation": "validation",
+    "cv": "cross-validation",
+    "cv-train-val": "train + val cross-validation",
+}
 
 
 def suggested_lr(
