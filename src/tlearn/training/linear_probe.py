@@ -48,6 +48,11 @@ CHOSEN_ON = {
     "cv": f"{CV_FOLDS}-fold cross-validation on the training images",
     "cv-train-val": f"{CHOICE_FOLDS}-fold cross-validation on the training and validation images",
 }
+SOLVED_ON = {
+    "validation": "validation",
+    "cv": "cross-validation",
+    "cv-train-val": "train + val cross-validation",
+}  # run_plan.json's words
 
 
 @dataclass
@@ -177,7 +182,7 @@ def solve_candidates(
         fits = {
             name: fit_on(train, val, c, num_classes, weight, seed) for name, c in candidates.items()
         }
-        chosen = choose(fits)
+        chosen = choose({name: f.val_loss or 0.0 for name, f in fits.items()})
         rows = [candidate_row(name, f) for name, f in fits.items()]
         return chosen, fits[chosen], rows, "validation" if val is not None else "cv"
     tried = {
@@ -185,10 +190,10 @@ def solve_candidates(
         for name, c in candidates.items()
     }
     best = {name: best_strength(t) for name, t in tried.items()}
-    chosen = min(best, key=lambda k: (best[k]["val_loss"], k != "last"))
+    chosen = choose({name: b["val_loss"] for name, b in best.items()})
     l2 = best[chosen]["l2"]
     fit = fit_on(train, val, candidates[chosen], num_classes, weight, seed, grid=(l2,))
-    rows = [cv_row(name, width(train, candidates[name]), best[name], tried[name]) for name in tried]
+    rows = [row(name, width(train, candidates[name]), best[name], tried[name]) for name in tried]
     return chosen, fit, rows, "cv-train-val"
 
 
@@ -237,23 +242,18 @@ def fit_on(
     return fit_probe(x, y, vx, vy, num_classes, grid=grid, class_weight=weight, seed=seed)
 
 
-def choose(fits: dict[str, ProbeFit]) -> str:
+def choose(losses: dict[str, float]) -> str:
     """The lower validation loss (as for the strength); last features on a tie."""
-    return min(fits, key=lambda k: (fits[k].val_loss or 0.0, k != "last"))
+    return min(losses, key=lambda k: (losses[k], k != "last"))
 
 
 def candidate_row(name: str, fit: ProbeFit) -> dict:
-    return {
-        "features": name,
-        "width": int(fit.weight.shape[1]),
-        "l2": fit.l2,
-        "val_accuracy": round(fit.val_accuracy or 0.0, 5),
-        "val_loss": round(fit.val_loss or 0.0, 5),
-        "strengths": [{k: round(v, 6) for k, v in t.items()} for t in fit.tried],
-    }
+    best = {"l2": fit.l2, "val_accuracy": fit.val_accuracy or 0.0, "val_loss": fit.val_loss or 0.0}
+    return row(name, int(fit.weight.shape[1]), best, fit.tried)
 
 
-def cv_row(name: str, width: int, best: dict, tried: list[dict]) -> dict:
+def row(name: str, width: int, best: dict, tried: list[dict]) -> dict:
+    """A candidate's plan.json entry: its best strength's scores and every strength tried."""
     return {
         "features": name,
         "width": width,

@@ -126,8 +126,9 @@ def fit_probe(
         weight, bias, loss = fits[best]
     else:
         tried = cross_validate(
-            z, train_y, num_classes, grid=grid, class_weight=class_weight, seed=seed, folds=CV_FOLDS
-        )
+            train_x, train_y, num_classes, grid=grid, class_weight=class_weight, seed=seed,
+            folds=CV_FOLDS,
+        )  # fmt: skip
         best = _best(tried)
         weight, bias, loss = solve_logistic(
             z, train_y, num_classes, grid[best], class_weight=class_weight

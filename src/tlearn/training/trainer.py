@@ -37,7 +37,13 @@ from tlearn.training.epochs import Epochs
 from tlearn.training.feeds import train_on
 from tlearn.training.interrupt import StopRequests
 from tlearn.training.ledger import printable
-from tlearn.training.linear_probe import SolvedProbe, resolve_head_fit, solve_probe, solves_head
+from tlearn.training.linear_probe import (
+    SOLVED_ON,
+    SolvedProbe,
+    resolve_head_fit,
+    solve_probe,
+    solves_head,
+)
 from tlearn.training.lr_find import find_for_run
 from tlearn.training.prefix_cache import plan_prefix
 from tlearn.training.resolve import load_run_splits, prepare_run_dir, resolve_strategy
@@ -218,13 +224,6 @@ def chosen_on(probe: SolvedProbe | None) -> str | None:
     if probe is None:
         return None
     return SOLVED_ON[probe.chosen_on]
-
-
-SOLVED_ON = {
-    "validation": "validation",
-    "cv": "cross-validation",
-    "cv-train-val": "train + val cross-validation",
-}
 
 
 def suggested_lr(
