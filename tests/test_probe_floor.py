@@ -50,8 +50,14 @@ def test_a_budget_fine_tune_solves_the_probe_first_and_records_the_floor(
     assert floor["kept"] in ("probe", "fine-tuned")
     best = tlearn.load(tmp_path / "run" / "best.safetensors")
     if floor["kept"] == "fine-tuned":
-        assert floor["best_fine_tuned_val_accuracy"] >= floor["val_accuracy"]
+        assert_fine_tuned_won(floor)
         assert best.spec.metrics["epoch"] >= 1
+
+
+def assert_fine_tuned_won(floor: dict) -> None:
+    """Six validation images: compared on loss, fine-tuned no higher than the probe."""
+    assert floor["compared_on"] == "val_loss"
+    assert floor["best_fine_tuned_val_loss"] <= floor["val_loss"]
 
 
 def test_a_floor_that_would_overrun_its_share_of_the_budget_is_cut_short(
@@ -76,7 +82,12 @@ def test_the_probe_is_kept_when_no_fine_tuned_epoch_beats_it(
 
     def every_epoch_lost(self, loop):
         pretrained.update(self.pretrained)
-        loop.best_score = -1.0  # as if fine-tuning had ruined the features
+        best = loop.val_predictions[
+            "best.safetensors"
+        ]  # as if fine-tuning had ruined the features:
+        wrong = torch.nn.functional.one_hot((best.labels + 1) % best.logits.shape[1])
+        best.logits = 20.0 * wrong.float()
+        loop.best_score = 0.0
         original(self, loop)
 
     monkeypatch.setattr(probe_floor.ProbeFloor, "on_train_end", every_epoch_lost)
@@ -116,7 +127,7 @@ def test_a_gradual_budget_run_on_images_solves_the_probe_first(
     if floor["kept"] == "probe":
         assert best.spec.metrics["epoch"] == 0
     else:
-        assert floor["best_fine_tuned_val_accuracy"] >= floor["val_accuracy"]
+        assert_fine_tuned_won(floor)
 
 
 def test_a_floor_on_images_takes_as_many_training_images_as_its_share_allows(
@@ -130,3 +141,24 @@ def test_a_floor_on_images_takes_as_many_training_images_as_its_share_allows(
     classes = len(tlearn.load(tmp_path / "run" / "best.safetensors").spec.classes)
     assert floor["training_images"] == 2 * classes  # the fewest it takes: two a class
     assert any(f"(the first {2 * classes} of 18 shuffled)" in line for line in lines)
+
+
+def test_a_small_validation_split_is_compared_on_loss_a_large_one_on_accuracy():
+    from tlearn.training.loop import Predictions
+    from tlearn.training.solve import ProbeFit
+
+    def predictions(n: int, right: int, confidence: float) -> Predictions:
+        labels = torch.zeros(n, dtype=torch.long)
+        logits = torch.zeros(n, 2)
+        logits[:right, 0] = confidence  # right, with this margin
+        logits[right:, 1] = confidence  # wrong, as sure
+        return Predictions(logits, labels, torch.arange(n), 0.0)
+
+    zero = torch.zeros(4)
+    probe = ProbeFit(torch.zeros(2, 4), torch.zeros(2), zero, zero + 1, 0.1, 0.3, 0.8, 0.4)
+    # 20 images: the fine-tuned epoch is right more often but confidently wrong where it errs
+    small = probe_floor.compare(probe, predictions(20, 19, 12.0), 0.95)
+    assert small.metric == "loss" and small.probe_wins
+    # 300 images: accuracy decides, as validation then ranks by it reliably
+    large = probe_floor.compare(probe, predictions(300, 285, 12.0), 0.95)
+    assert large.metric == "accuracy" and not large.probe_wins
